@@ -1,0 +1,1 @@
+//! Coalesced `last_used` updates (placeholder; the store issue fills it in).

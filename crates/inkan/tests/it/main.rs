@@ -1,0 +1,9 @@
+//! inkan's integration tests: one binary, real parts (redis-server processes,
+//! the Hanko emulator over HTTP, a real MCP upstream).
+
+mod support;
+
+mod gateway;
+mod identity;
+mod oauth;
+mod store;

@@ -1,0 +1,1 @@
+//! Shared test support: real servers started on free ports.
