@@ -32,6 +32,8 @@ use crate::store::StoreResult;
 
 pub use error::OAuthError;
 
+use crate::store::unix_now as now;
+
 /// Largest body any OAuth endpoint reads.
 pub const BODY_LIMIT: usize = 16 * 1024;
 
@@ -146,9 +148,4 @@ impl Params {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
-}
-
-/// Unix seconds now.
-pub(crate) fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
