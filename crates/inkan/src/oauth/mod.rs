@@ -78,6 +78,7 @@ pub fn routes() -> Router<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .expose_headers([header::WWW_AUTHENTICATE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
