@@ -22,6 +22,8 @@
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod oauth;
+pub mod pages;
 pub mod revocation;
 pub mod serve;
 pub mod server;

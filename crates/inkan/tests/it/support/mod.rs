@@ -1,2 +1,4 @@
 //! Shared test support: real servers started on free ports.
+
+pub mod app;
 pub mod redis;
