@@ -1,9 +1,80 @@
-//! Revocation that reaches every instance (placeholder seam; the revocation
-//! issue fills it in).
+//! Revocation that reaches every instance.
+//!
+//! Whatever revokes (logout, the account page, Hanko webhooks, RFC 7009, the
+//! operator CLI, refresh-token reuse) first changes the store, which is the
+//! source of truth, then calls [`announce`]: this instance's validation
+//! cache forgets the grants at once, and with a Redis store the grant ids go
+//! out on the [`bus`] so that every other instance forgets them too. With
+//! SQLite there is one node and nothing to tell.
 
+pub mod bus;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::Config;
 use crate::server::AppState;
 use crate::store::Revoked;
 
+/// A process-local cache of validations that must forget revoked grants
+/// (the gateway's validation cache).
+pub trait GrantCache: Send + Sync + 'static {
+    fn invalidate_grants(&self, grant_ids: &[String]);
+    /// Used when invalidations may have been missed (bus reconnect).
+    fn invalidate_all(&self);
+}
+
+/// This instance's end of revocation: the local cache and, with Redis, the
+/// bus publisher and subscriber. Dropping it stops the subscriber.
+pub struct Revocation {
+    cache: Arc<dyn GrantCache>,
+    publisher: Option<bus::Publisher>,
+    connected: watch::Receiver<bool>,
+    _stop: DropGuard,
+}
+
+impl Revocation {
+    /// Starts the bus subscriber when the store is Redis. Must run inside a
+    /// Tokio runtime.
+    pub fn start(config: &Config, cache: Arc<dyn GrantCache>) -> Revocation {
+        let stop = CancellationToken::new();
+        let target = bus::Target::from_store_config(&config.store);
+        let (tx, connected) = watch::channel(target.is_none());
+        let publisher = target.map(|t| {
+            bus::spawn_subscriber(t.clone(), cache.clone(), tx, stop.clone());
+            bus::Publisher::new(t)
+        });
+        Revocation {
+            cache,
+            publisher,
+            connected,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    /// Forgets the grants here and tells every other instance.
+    pub async fn announce(&self, revoked: &Revoked) {
+        if revoked.grants.is_empty() {
+            return;
+        }
+        self.cache.invalidate_grants(&revoked.grants);
+        if let Some(p) = &self.publisher {
+            p.publish(&revoked.grants).await;
+        }
+    }
+
+    /// `true` while this instance hears invalidations from the others
+    /// (always, without a bus). Waiting on it tells tests and `/readyz`
+    /// that the subscriber is in place.
+    pub fn bus_connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+}
+
 /// Tells this instance's caches, and every other instance, that grants were
 /// revoked. Call it after every successful store revocation.
-pub async fn announce(_state: &AppState, _revoked: &Revoked) {}
+pub async fn announce(state: &AppState, revoked: &Revoked) {
+    state.revocation.announce(revoked).await;
+}
