@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod pages;
 pub mod revocation;
 pub mod server;
 pub mod store;

@@ -12,6 +12,7 @@ pub struct AppState(pub Arc<Shared>);
 pub struct Shared {
     pub config: Config,
     pub store: SharedStore,
+    pub identity: Arc<crate::identity::Identity>,
     pub revocation: crate::revocation::Revocation,
 }
 

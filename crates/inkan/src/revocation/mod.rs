@@ -8,8 +8,15 @@
 //! SQLite there is one node and nothing to tell.
 
 pub mod bus;
+pub mod csrf;
+pub mod logout;
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -32,7 +39,24 @@ pub struct Revocation {
     cache: Arc<dyn GrantCache>,
     publisher: Option<bus::Publisher>,
     connected: watch::Receiver<bool>,
+    /// Signs the logout and account forms.
+    pub csrf: csrf::CsrfKey,
+    http: reqwest::Client,
+    hanko_logout_url: String,
     _stop: DropGuard,
+}
+
+/// Forms on these routes carry a CSRF token and a grant id at most.
+const FORM_BODY_LIMIT: usize = 4 * 1024;
+const HANKO_LOGOUT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `POST /logout`, `GET /account`, `POST /account/revoke`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/logout", post(logout::logout))
+        .route("/account", get(crate::pages::account::page))
+        .route("/account/revoke", post(crate::pages::account::revoke))
+        .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT))
 }
 
 impl Revocation {
@@ -50,7 +74,30 @@ impl Revocation {
             cache,
             publisher,
             connected,
+            csrf: csrf::CsrfKey::default(),
+            http: reqwest::Client::builder()
+                .timeout(HANKO_LOGOUT_TIMEOUT)
+                .build()
+                .expect("a client without custom TLS roots builds"),
+            hanko_logout_url: format!("{}/logout", config.hanko.api_url.trim_end_matches('/')),
             _stop: stop.drop_guard(),
+        }
+    }
+
+    /// Asks Hanko to end the session the JWT belongs to. Best effort: the
+    /// grants are already revoked, and Hanko's own expiry ends the session
+    /// at the latest.
+    pub async fn end_hanko_session(&self, session_jwt: &str) {
+        let sent = self
+            .http
+            .post(&self.hanko_logout_url)
+            .bearer_auth(session_jwt)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => tracing::debug!("Hanko session ended"),
+            Ok(r) => tracing::warn!(status = %r.status(), "Hanko refused to end the session"),
+            Err(e) => tracing::warn!(error = %e, "could not reach Hanko to end the session"),
         }
     }
 

@@ -1,0 +1,3 @@
+//! Pages for people: login, consent, account.
+
+pub mod account;
