@@ -6,4 +6,5 @@ mod support;
 mod gateway;
 mod identity;
 mod oauth;
+mod revocation;
 mod store;
