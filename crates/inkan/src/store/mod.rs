@@ -15,6 +15,8 @@ pub mod touch;
 use async_trait::async_trait;
 use std::sync::Arc;
 
+use crate::config::{StoreBackend, StoreConfig};
+
 pub use model::*;
 pub use token::{TokenHash, TokenKind};
 
@@ -42,6 +44,24 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A shared handle to whichever backend the configuration chose.
 pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the backend the configuration names: the SQLite file (schema
+/// created on open) or Redis, standalone (`store.url`) or cluster
+/// (`store.nodes`).
+pub async fn connect(config: &StoreConfig) -> StoreResult<SharedStore> {
+    Ok(match config.backend {
+        StoreBackend::Sqlite => Arc::new(sqlite::SqliteStore::open(&config.path).await?),
+        StoreBackend::Redis => Arc::new(redis::RedisStore::connect(config).await?),
+    })
+}
+
+/// The current time in Unix seconds, for the few places that must judge
+/// expiry without being handed a `now`.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
 
 /// The one interface every backend implements. All times are Unix seconds.
 #[async_trait]
