@@ -10,6 +10,7 @@
 pub mod bus;
 pub mod csrf;
 pub mod logout;
+pub mod operator;
 
 use std::sync::Arc;
 use std::time::Duration;

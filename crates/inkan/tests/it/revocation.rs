@@ -143,3 +143,150 @@ async fn bus_reaches_other_instances_and_flushes_after_reconnect() {
     .await;
     drop(redis);
 }
+
+fn sample_grant(
+    user: &str,
+    session: &str,
+    client: &str,
+) -> (inkan::store::Grant, inkan::store::TokenPair) {
+    use inkan::store::token::{mint, new_grant_id};
+    use inkan::store::{Grant, TokenKind, TokenPair};
+    let now = inkan::store::unix_now();
+    let grant_id = new_grant_id();
+    let grant = Grant {
+        grant_id: grant_id.clone(),
+        user_id: user.into(),
+        email: None,
+        session_id: session.into(),
+        client_id: client.into(),
+        scopes: vec!["notes:read".into()],
+        services: vec!["notes".into()],
+        resource: "http://127.0.0.1:1/mcp/notes".into(),
+        created_at: now,
+        last_used: None,
+        session_exp: now + 3600,
+        expires_at: now + 86400,
+    };
+    let tokens = TokenPair {
+        access: mint(TokenKind::Access, &grant_id).hash,
+        access_expires_at: now + 3600,
+        refresh: mint(TokenKind::Refresh, &grant_id).hash,
+        refresh_expires_at: now + 86400,
+    };
+    (grant, tokens)
+}
+
+fn sqlite_config(path: &std::path::Path) -> String {
+    format!(
+        r#"
+        public_url = "http://127.0.0.1:1"
+        listen = "127.0.0.1:0"
+        [hanko]
+        api_url = "http://127.0.0.1:2"
+        audience = "localhost"
+        [store]
+        backend = "sqlite"
+        path = "{}"
+        [[services]]
+        id = "notes"
+        name = "Notes"
+        upstream = "http://127.0.0.1:3/mcp"
+        "#,
+        path.display()
+    )
+}
+
+fn inkan(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_inkan"))
+        .args(args)
+        .env_remove("INKAN_STORE__BACKEND")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn operator_cli_revokes_in_a_sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("inkan.db");
+    let config_path = dir.path().join("inkan.toml");
+    std::fs::write(&config_path, sqlite_config(&db)).unwrap();
+    let config = Config::from_toml_str(&sqlite_config(&db)).unwrap();
+    let grants = {
+        let store = inkan::store::connect(&config.store).await.unwrap();
+        let mut ids = Vec::new();
+        for (user, session, client) in [
+            ("alice", "s1", "c1"),
+            ("alice", "s2", "c2"),
+            ("bob", "s3", "c1"),
+            ("carol", "s4", "c3"),
+        ] {
+            let (g, t) = sample_grant(user, session, client);
+            assert!(store.create_grant(&g, &t).await.unwrap());
+            ids.push(g.grant_id);
+        }
+        ids
+    };
+    let cfg = config_path.to_str().unwrap();
+
+    let out = inkan(&["revoke", "--user", "alice", "--config", cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("revoked 2 grant(s)"), "{stdout}");
+
+    let out = inkan(&["revoke", "--client", "c1", "--config", cfg]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 grant(s)"));
+    let out = inkan(&["revoke", "--grant", &grants[3], "--config", cfg]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 grant(s)"));
+    let out = inkan(&["revoke", "--session", "s4", "--config", cfg]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 0 grant(s)"));
+
+    let store = inkan::store::connect(&config.store).await.unwrap();
+    for id in &grants {
+        assert_eq!(
+            store.get_grant(id).await.unwrap(),
+            None,
+            "grant {id} survived"
+        );
+    }
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        sqlite_config(&db).replace("backend = \"sqlite\"", "backend = \"etcd\""),
+    )
+    .unwrap();
+    let out = inkan(&[
+        "revoke",
+        "--user",
+        "alice",
+        "--config",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let unopenable = dir.path().join("unopenable.toml");
+    std::fs::write(
+        &unopenable,
+        sqlite_config(&dir.path().join("missing/dir/inkan.db")),
+    )
+    .unwrap();
+    let out = inkan(&[
+        "revoke",
+        "--user",
+        "alice",
+        "--config",
+        unopenable.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the store"));
+}
