@@ -177,7 +177,7 @@ fn parse_message(payload: &[u8]) -> Vec<String> {
 pub fn spawn_subscriber(
     target: Target,
     cache: Arc<dyn GrantCache>,
-    connected: watch::Sender<bool>,
+    connected: Arc<watch::Sender<bool>>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -189,7 +189,7 @@ pub fn spawn_subscriber(
 async fn subscribe_forever(
     target: Target,
     cache: Arc<dyn GrantCache>,
-    connected: watch::Sender<bool>,
+    connected: Arc<watch::Sender<bool>>,
 ) {
     use futures_util::StreamExt;
 

@@ -34,17 +34,20 @@ pub trait GrantCache: Send + Sync + 'static {
     fn invalidate_all(&self);
 }
 
-/// This instance's end of revocation: the local cache and, with Redis, the
-/// bus publisher and subscriber. Dropping it stops the subscriber.
+/// This instance's end of revocation: with Redis, the bus publisher and
+/// (once [`Revocation::start_bus`] ran) the subscriber. Dropping it stops
+/// the subscriber.
 pub struct Revocation {
-    cache: Arc<dyn GrantCache>,
+    bus: Option<bus::Target>,
     publisher: Option<bus::Publisher>,
+    connected_tx: Arc<watch::Sender<bool>>,
     connected: watch::Receiver<bool>,
     /// Signs the logout and account forms.
     pub csrf: csrf::CsrfKey,
     http: reqwest::Client,
     hanko_logout_url: String,
-    _stop: DropGuard,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
 }
 
 /// Forms on these routes carry a CSRF token and a grant id at most.
@@ -61,19 +64,14 @@ pub fn routes() -> Router<AppState> {
 }
 
 impl Revocation {
-    /// Starts the bus subscriber when the store is Redis. Must run inside a
-    /// Tokio runtime.
-    pub fn start(config: &Config, cache: Arc<dyn GrantCache>) -> Revocation {
+    pub fn new(config: &Config) -> Revocation {
         let stop = CancellationToken::new();
-        let target = bus::Target::from_store_config(&config.store);
-        let (tx, connected) = watch::channel(target.is_none());
-        let publisher = target.map(|t| {
-            bus::spawn_subscriber(t.clone(), cache.clone(), tx, stop.clone());
-            bus::Publisher::new(t)
-        });
+        let bus = bus::Target::from_store_config(&config.store);
+        let (tx, connected) = watch::channel(bus.is_none());
         Revocation {
-            cache,
-            publisher,
+            publisher: bus.clone().map(bus::Publisher::new),
+            bus,
+            connected_tx: Arc::new(tx),
             connected,
             csrf: csrf::CsrfKey::default(),
             http: reqwest::Client::builder()
@@ -81,8 +79,37 @@ impl Revocation {
                 .build()
                 .expect("a client without custom TLS roots builds"),
             hanko_logout_url: format!("{}/logout", config.hanko.api_url.trim_end_matches('/')),
-            _stop: stop.drop_guard(),
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
         }
+    }
+
+    /// Starts listening for other instances' revocations (Redis only; a
+    /// no-op otherwise). Must run inside a Tokio runtime; call it once.
+    pub fn start_bus(&self, cache: Arc<dyn GrantCache>) {
+        if let Some(target) = &self.bus {
+            bus::spawn_subscriber(
+                target.clone(),
+                cache,
+                self.connected_tx.clone(),
+                self.stop.clone(),
+            );
+        }
+    }
+
+    /// Tells every other instance (Redis only). The caller has already
+    /// cleared its own cache.
+    pub async fn publish(&self, revoked: &Revoked) {
+        if let Some(p) = &self.publisher {
+            p.publish(&revoked.grants).await;
+        }
+    }
+
+    /// `true` while this instance hears invalidations from the others
+    /// (always, without a bus). Waiting on it tells tests and `/readyz`
+    /// that the subscriber is in place.
+    pub fn bus_connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
     }
 
     /// Asks Hanko to end the session the JWT belongs to. Best effort: the
@@ -101,28 +128,13 @@ impl Revocation {
             Err(e) => tracing::warn!(error = %e, "could not reach Hanko to end the session"),
         }
     }
-
-    /// Forgets the grants here and tells every other instance.
-    pub async fn announce(&self, revoked: &Revoked) {
-        if revoked.grants.is_empty() {
-            return;
-        }
-        self.cache.invalidate_grants(&revoked.grants);
-        if let Some(p) = &self.publisher {
-            p.publish(&revoked.grants).await;
-        }
-    }
-
-    /// `true` while this instance hears invalidations from the others
-    /// (always, without a bus). Waiting on it tells tests and `/readyz`
-    /// that the subscriber is in place.
-    pub fn bus_connected(&self) -> watch::Receiver<bool> {
-        self.connected.clone()
-    }
 }
 
 /// Tells this instance's caches, and every other instance, that grants were
 /// revoked. Call it after every successful store revocation.
 pub async fn announce(state: &AppState, revoked: &Revoked) {
-    state.revocation.announce(revoked).await;
+    if revoked.grants.is_empty() {
+        return;
+    }
+    state.revocation.publish(revoked).await;
 }

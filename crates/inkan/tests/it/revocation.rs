@@ -104,8 +104,10 @@ async fn bus_reaches_other_instances_and_flushes_after_reconnect() {
     let mut redis = Redis::start();
     let a_cache = Arc::new(Recorder::default());
     let b_cache = Arc::new(Recorder::default());
-    let a = Revocation::start(&config(redis.port), a_cache.clone());
-    let b = Revocation::start(&config(redis.port), b_cache.clone());
+    let a = Revocation::new(&config(redis.port));
+    a.start_bus(a_cache.clone());
+    let b = Revocation::new(&config(redis.port));
+    b.start_bus(b_cache.clone());
     let mut b_up = b.bus_connected();
     b_up.wait_for(|c| *c).await.unwrap();
     a.bus_connected().wait_for(|c| *c).await.unwrap();
@@ -114,7 +116,7 @@ async fn bus_reaches_other_instances_and_flushes_after_reconnect() {
         grants: vec!["g1".into(), "g2".into()],
         tokens: 4,
     };
-    a.announce(&revoked).await;
+    a.publish(&revoked).await;
     until("b to hear", || b_cache.grants.lock().unwrap().len() == 2).await;
     assert_eq!(*b_cache.grants.lock().unwrap(), vec!["g1", "g2"]);
     assert!(
@@ -132,7 +134,7 @@ async fn bus_reaches_other_instances_and_flushes_after_reconnect() {
     b_up.wait_for(|c| *c).await.unwrap();
     assert!(*b_cache.flushes.lock().unwrap() >= flushes_before + 2);
 
-    a.announce(&Revoked {
+    a.publish(&Revoked {
         grants: vec!["g3".into()],
         tokens: 1,
     })
