@@ -70,6 +70,10 @@ pub struct HankoConfig {
     /// Minimum time between refreshes triggered by an unknown `kid`.
     #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
     pub jwks_refresh_cooldown: Duration,
+    /// A development sign-in endpoint (`inkan dev` points it at the emulator's
+    /// `/dev/sign-in`): the login page then also offers a plain email form.
+    #[serde(default)]
+    pub dev_sign_in_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,7 +157,10 @@ pub struct OAuthConfig {
     pub client_id_metadata_documents: bool,
     /// When non-empty, only these hosts may serve metadata documents.
     pub cimd_allowed_hosts: Vec<String>,
-    /// Permit metadata documents on loopback/private addresses (tests only).
+    /// TEST-ONLY switch: permit metadata documents on loopback/private
+    /// addresses, including plain `http://127.0.0.1:<port>` URLs, so tests can
+    /// serve documents locally. Never enable it in production: it opens the
+    /// server to SSRF against internal networks.
     pub cimd_allow_private_addresses: bool,
 }
 
@@ -440,6 +447,10 @@ impl Config {
                 &self.hanko.elements_url,
                 "must be an http(s) URL",
             );
+        }
+
+        if let Some(dev) = &self.hanko.dev_sign_in_url {
+            check_base_url(&mut err, "hanko.dev_sign_in_url", dev);
         }
 
         let t = &self.tokens;

@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod oauth;
 pub mod pages;
 pub mod revocation;
 pub mod server;

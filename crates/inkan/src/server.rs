@@ -1,8 +1,15 @@
 //! The HTTP surface: one router over the shared application state.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Router;
+use tokio::net::TcpListener;
+
 use crate::config::Config;
+use crate::identity::Identity;
+use crate::oauth::OAuth;
 use crate::store::SharedStore;
 
 /// Everything a request handler may need; cheap to clone.
@@ -12,7 +19,10 @@ pub struct AppState(pub Arc<Shared>);
 pub struct Shared {
     pub config: Config,
     pub store: SharedStore,
-    pub identity: Arc<crate::identity::Identity>,
+    pub identity: Arc<Identity>,
+    /// The authorization server's precomputed metadata, limiter and caches.
+    pub oauth: OAuth,
+    /// Logout, the account page, cross-instance invalidation.
     pub revocation: crate::revocation::Revocation,
 }
 
@@ -21,4 +31,27 @@ impl std::ops::Deref for AppState {
     fn deref(&self) -> &Shared {
         &self.0
     }
+}
+
+/// Every route of the process.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::oauth::routes())
+        .merge(crate::revocation::routes())
+        .with_state(state)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves. Handlers see the
+/// peer address (`ConnectInfo<SocketAddr>`), which per-IP rate limits key on.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
