@@ -7,12 +7,11 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore;
+use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
+use super::{Csp, error_page, nonce, page as render_page};
+use crate::revocation::csrf;
 use crate::revocation::logout::{is_form, same_origin, session_of};
 use crate::server::AppState;
 use crate::store::{Grant, StoreError};
@@ -71,47 +70,20 @@ fn origin_of(url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The same headers as the other pages: never framed, never cached.
-fn secure(mut r: Response, nonce: Option<&str>, state: &AppState) -> Response {
-    let csp = match nonce {
-        Some(n) => format!(
-            "default-src 'none'; script-src 'nonce-{n}' {}; connect-src 'self' {}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            origin_of(&state.config.hanko.elements_url),
-            origin_of(&state.config.hanko.api_url),
-        ),
-        None => "default-src 'none'; frame-ancestors 'none'; base-uri 'none'".into(),
-    };
-    let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&csp) {
-        h.insert(header::CONTENT_SECURITY_POLICY, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    r
-}
-
-fn plain(status: StatusCode, text: &'static str, state: &AppState) -> Response {
-    secure((status, text).into_response(), None, state)
-}
-
-fn unavailable(e: &StoreError, state: &AppState) -> Response {
+fn unavailable(e: &StoreError) -> Response {
     tracing::error!(error = %e, "account page: store unavailable");
-    let mut r = plain(
+    let mut r = error_page(
         StatusCode::SERVICE_UNAVAILABLE,
+        "Briefly unavailable",
         "The service is briefly unavailable. Try again in a moment.",
-        state,
     );
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
     r
+}
+
+fn to_login() -> Response {
+    Redirect::to(LOGIN_FOR_ACCOUNT).into_response()
 }
 
 async fn row(state: &AppState, g: Grant) -> Result<AppRow, StoreError> {
@@ -155,36 +127,26 @@ async fn row(state: &AppState, g: Grant) -> Result<AppRow, StoreError> {
 /// `GET /account`.
 pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(session) = session_of(&state, &headers).await else {
-        return secure(
-            Redirect::to(LOGIN_FOR_ACCOUNT).into_response(),
-            None,
-            &state,
-        );
+        return to_login();
     };
     let grants = match state.store.list_user_grants(&session.user_id).await {
         Ok(g) => g,
-        Err(e) => return unavailable(&e, &state),
+        Err(e) => return unavailable(&e),
     };
     let mut apps = Vec::with_capacity(grants.len());
     for g in grants {
         match row(&state, g).await {
             Ok(r) => apps.push(r),
-            Err(e) => return unavailable(&e, &state),
+            Err(e) => return unavailable(&e),
         }
     }
-    let csrf = match state
-        .revocation
-        .csrf
-        .token(state.store.as_ref(), &session.session_id)
-        .await
-    {
+    let csrf = match csrf::token(&state, &session.session_id).await {
         Ok(t) => t,
-        Err(e) => return unavailable(&e, &state),
+        Err(e) => return unavailable(&e),
     };
-    let mut raw = [0u8; 16];
-    rand::rng().fill_bytes(&mut raw);
-    let nonce = URL_SAFE_NO_PAD.encode(raw);
-    let page = AccountPage {
+    let nonce = nonce();
+    let hanko = &state.config.hanko;
+    let html = AccountPage {
         who: session
             .email
             .clone()
@@ -194,14 +156,32 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response
         csrf,
         nonce: nonce.clone(),
         script: SESSION_END_SCRIPT,
-        elements_url: state.config.hanko.elements_url.clone(),
-        hanko_api: state.config.hanko.api_url.clone(),
-    };
-    match page.render() {
-        Ok(html) => secure(Html(html).into_response(), Some(&nonce), &state),
+        elements_url: hanko.elements_url.clone(),
+        hanko_api: hanko.api_url.clone(),
+    }
+    .render();
+    match html {
+        Ok(html) => {
+            let elements = origin_of(&hanko.elements_url);
+            let api = origin_of(&hanko.api_url);
+            render_page(
+                StatusCode::OK,
+                html,
+                &nonce,
+                &Csp {
+                    script_src: &[elements.as_str()],
+                    connect_src: &[api.as_str()],
+                    form_action: &[],
+                },
+            )
+        }
         Err(e) => {
             tracing::error!(error = %e, "account page failed to render");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal error.", &state)
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                "This page could not be shown.",
+            )
         }
     }
 }
@@ -215,57 +195,52 @@ struct RevokeForm {
 /// `POST /account/revoke`: disconnects one of the signed-in user's apps.
 pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if !same_origin(&headers, &state.config.public_url) {
-        return plain(StatusCode::FORBIDDEN, "Cross-site request refused.", &state);
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "Cross-site request refused.",
+        );
     }
     if !is_form(&headers) {
-        return plain(
+        return error_page(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Refused",
             "Expected a form.",
-            &state,
         );
     }
     let Ok(form) = serde_urlencoded::from_bytes::<RevokeForm>(&body) else {
-        return plain(StatusCode::BAD_REQUEST, "Malformed form.", &state);
+        return error_page(StatusCode::BAD_REQUEST, "Refused", "Malformed form.");
     };
     let Some(session) = session_of(&state, &headers).await else {
-        return secure(
-            Redirect::to(LOGIN_FOR_ACCOUNT).into_response(),
-            None,
-            &state,
-        );
+        return to_login();
     };
-    match state
-        .revocation
-        .csrf
-        .verify(state.store.as_ref(), &session.session_id, &form.csrf)
-        .await
-    {
+    match csrf::verify(&state, &session.session_id, &form.csrf).await {
         Ok(true) => {}
         Ok(false) => {
-            return plain(
+            return error_page(
                 StatusCode::FORBIDDEN,
+                "Form expired",
                 "This form has expired. Reload the page and try again.",
-                &state,
             );
         }
-        Err(e) => return unavailable(&e, &state),
+        Err(e) => return unavailable(&e),
     }
     // Someone else's grant and a missing one look the same: no probing.
-    let not_found = || plain(StatusCode::NOT_FOUND, "No such app.", &state);
+    let not_found = || error_page(StatusCode::NOT_FOUND, "Not found", "No such app.");
     if form.grant.len() > 64 {
         return not_found();
     }
     match state.store.get_grant(&form.grant).await {
         Ok(Some(g)) if g.user_id == session.user_id => {}
         Ok(_) => return not_found(),
-        Err(e) => return unavailable(&e, &state),
+        Err(e) => return unavailable(&e),
     }
     match state.store.revoke_grant(&form.grant).await {
         Ok(revoked) => {
             crate::revocation::announce(&state, &revoked).await;
             tracing::info!(user = %session.user_id, grants = revoked.grants.len(), "app disconnected from the account page");
-            secure(Redirect::to("/account").into_response(), None, &state)
+            Redirect::to("/account").into_response()
         }
-        Err(e) => unavailable(&e, &state),
+        Err(e) => unavailable(&e),
     }
 }

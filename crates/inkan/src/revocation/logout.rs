@@ -158,12 +158,7 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap, body: Byt
     };
 
     if form {
-        match state
-            .revocation
-            .csrf
-            .verify(state.store.as_ref(), &session.session_id, &fields.csrf)
-            .await
-        {
+        match super::csrf::verify(&state, &session.session_id, &fields.csrf).await {
             Ok(true) => {}
             Ok(false) => {
                 return json(

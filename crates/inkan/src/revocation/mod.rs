@@ -42,8 +42,6 @@ pub struct Revocation {
     publisher: Option<bus::Publisher>,
     connected_tx: Arc<watch::Sender<bool>>,
     connected: watch::Receiver<bool>,
-    /// Signs the logout and account forms.
-    pub csrf: csrf::CsrfKey,
     http: reqwest::Client,
     hanko_logout_url: String,
     stop: CancellationToken,
@@ -73,7 +71,6 @@ impl Revocation {
             bus,
             connected_tx: Arc::new(tx),
             connected,
-            csrf: csrf::CsrfKey::default(),
             http: reqwest::Client::builder()
                 .timeout(HANKO_LOGOUT_TIMEOUT)
                 .build()
