@@ -1,1 +1,2 @@
 //! Shared test support: real servers started on free ports.
+pub mod redis;
