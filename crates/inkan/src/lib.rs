@@ -25,5 +25,6 @@ pub mod identity;
 pub mod oauth;
 pub mod pages;
 pub mod revocation;
+pub mod serve;
 pub mod server;
 pub mod store;
