@@ -1,57 +1,15 @@
 //! Revocation reaches every instance: the bus, logout, the account page,
 //! webhooks, the operator CLI.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use inkan::config::Config;
 use inkan::revocation::{GrantCache, Revocation};
 use inkan::store::Revoked;
 
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        Redis { port, child }
-    }
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
-    }
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use crate::support::redis::{RedisServer, unique_prefix};
 
 #[derive(Default)]
 struct Recorder {
@@ -68,7 +26,7 @@ impl GrantCache for Recorder {
     }
 }
 
-fn config(port: u16) -> Config {
+fn redis_config(store: &str) -> Config {
     Config::from_toml_str(&format!(
         r#"
         public_url = "http://127.0.0.1:1"
@@ -78,7 +36,7 @@ fn config(port: u16) -> Config {
         audience = "localhost"
         [store]
         backend = "redis"
-        url = "redis://127.0.0.1:{port}"
+        {store}
         [[services]]
         id = "notes"
         name = "Notes"
@@ -101,12 +59,13 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn bus_reaches_other_instances_and_flushes_after_reconnect() {
-    let mut redis = Redis::start();
+    let redis = RedisServer::start_new();
+    let store = format!("url = \"{}\"", redis.url());
     let a_cache = Arc::new(Recorder::default());
     let b_cache = Arc::new(Recorder::default());
-    let a = Revocation::new(&config(redis.port));
+    let a = Revocation::new(&redis_config(&store));
     a.start_bus(a_cache.clone());
-    let b = Revocation::new(&config(redis.port));
+    let b = Revocation::new(&redis_config(&store));
     b.start_bus(b_cache.clone());
     let mut b_up = b.bus_connected();
     b_up.wait_for(|c| *c).await.unwrap();
@@ -128,9 +87,10 @@ async fn bus_reaches_other_instances_and_flushes_after_reconnect() {
     );
 
     let flushes_before = *b_cache.flushes.lock().unwrap();
-    redis.stop();
+    let redis = Arc::new(redis);
+    blocking(&redis, RedisServer::stop).await;
     b_up.wait_for(|c| !*c).await.unwrap();
-    let redis = Redis::start_on(redis.port);
+    blocking(&redis, RedisServer::start).await;
     b_up.wait_for(|c| *c).await.unwrap();
     assert!(*b_cache.flushes.lock().unwrap() >= flushes_before + 2);
 
@@ -143,7 +103,40 @@ async fn bus_reaches_other_instances_and_flushes_after_reconnect() {
         b_cache.grants.lock().unwrap().contains(&"g3".to_string())
     })
     .await;
-    drop(redis);
+}
+
+/// Runs a blocking `RedisServer` operation off the async workers.
+async fn blocking(redis: &Arc<RedisServer>, op: fn(&RedisServer)) {
+    let redis = Arc::clone(redis);
+    tokio::task::spawn_blocking(move || op(&redis))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bus_works_on_a_cluster() {
+    let nodes = crate::support::redis::cluster().await;
+    let list = nodes
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let store = format!("nodes = [{list}]\nprefix = \"{}\"", unique_prefix("bus"));
+    let a = Revocation::new(&redis_config(&store));
+    let b_cache = Arc::new(Recorder::default());
+    let b = Revocation::new(&redis_config(&store));
+    b.start_bus(b_cache.clone());
+    b.bus_connected().wait_for(|c| *c).await.unwrap();
+    a.publish(&Revoked {
+        grants: vec!["c1".into(), "c2".into()],
+        tokens: 2,
+    })
+    .await;
+    until("the cluster subscriber to hear", || {
+        b_cache.grants.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(*b_cache.grants.lock().unwrap(), vec!["c1", "c2"]);
 }
 
 fn sample_grant(
