@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(crate::oauth::routes())
         .merge(crate::revocation::routes())
+        .merge(crate::identity::webhook::routes())
         .with_state(state)
 }
 

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod csrf;
 pub mod logout;
 pub mod operator;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,16 @@ impl Revocation {
             Ok(r) => tracing::warn!(status = %r.status(), "Hanko refused to end the session"),
             Err(e) => tracing::warn!(error = %e, "could not reach Hanko to end the session"),
         }
+    }
+}
+
+/// Connects revocation to the rest of the app once the state exists:
+/// registers the Hanko webhook handler. Call once at startup, inside the
+/// runtime.
+pub fn start(state: &AppState) {
+    let handler = webhook::WebhookRevoker(Arc::downgrade(&state.0));
+    if !state.identity.set_webhook_handler(Arc::new(handler)) {
+        tracing::warn!("a Hanko webhook handler was already registered");
     }
 }
 
