@@ -155,3 +155,47 @@ impl IntoResponse for OAuthError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn store_trouble_is_503_with_retry_after_and_hides_the_cause() {
+        let response =
+            OAuthError::from(StoreError("redis: connection refused".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS);
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let body = body_of(response).await;
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(
+            !body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("redis")
+        );
+
+        let page = OAuthError::from(StoreError("x".into())).into_page();
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(page.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn invalid_client_is_401_and_challenges_only_basic_users() {
+        let basic = OAuthError::invalid_client("bad", true).into_response();
+        assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+        assert!(basic.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(body_of(basic).await["error"], "invalid_client");
+        let post = OAuthError::invalid_client("bad", false).into_response();
+        assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
+        assert!(!post.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

@@ -32,6 +32,8 @@ use crate::store::StoreResult;
 
 pub use error::OAuthError;
 
+use crate::store::unix_now as now;
+
 /// Largest body any OAuth endpoint reads.
 pub const BODY_LIMIT: usize = 16 * 1024;
 
@@ -76,6 +78,7 @@ pub fn routes() -> Router<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .expose_headers([header::WWW_AUTHENTICATE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -146,9 +149,4 @@ impl Params {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
-}
-
-/// Unix seconds now.
-pub(crate) fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
 }
