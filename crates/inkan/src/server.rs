@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
+use axum::Router;
+
 use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::store::SharedStore;
 
 /// Everything a request handler may need; cheap to clone.
@@ -12,6 +16,8 @@ pub struct AppState(pub Arc<Shared>);
 pub struct Shared {
     pub config: Config,
     pub store: SharedStore,
+    pub gateway: Gateway,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::ops::Deref for AppState {
@@ -19,4 +25,16 @@ impl std::ops::Deref for AppState {
     fn deref(&self) -> &Shared {
         &self.0
     }
+}
+
+/// The whole HTTP surface, with request metrics around every route.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::gateway::routes(&state.config))
+        .merge(crate::ops::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
+        .with_state(state)
 }

@@ -1,1 +1,3 @@
 //! Shared test support: real servers started on free ports.
+
+pub mod gateway;
