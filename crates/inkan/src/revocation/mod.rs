@@ -13,7 +13,7 @@ pub mod logout;
 pub mod operator;
 pub mod webhook;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
-use crate::server::AppState;
+use crate::server::{AppState, Shared};
 use crate::store::Revoked;
 
 /// A process-local cache of validations that must forget revoked grants
@@ -128,14 +128,35 @@ impl Revocation {
     }
 }
 
+/// The gateway's validation cache, reached through the app state; weak,
+/// because the state owns the subscriber that holds it.
+struct GatewayCache(Weak<Shared>);
+
+impl GrantCache for GatewayCache {
+    fn invalidate_grants(&self, grant_ids: &[String]) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.gateway.validator.invalidate_grants(grant_ids);
+        }
+    }
+
+    fn invalidate_all(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.gateway.validator.invalidate_all();
+        }
+    }
+}
+
 /// Connects revocation to the rest of the app once the state exists:
-/// registers the Hanko webhook handler. Call once at startup, inside the
-/// runtime.
+/// registers the Hanko webhook handler and starts listening on the bus.
+/// Call once at startup, inside the runtime.
 pub fn start(state: &AppState) {
     let handler = webhook::WebhookRevoker(Arc::downgrade(&state.0));
     if !state.identity.set_webhook_handler(Arc::new(handler)) {
         tracing::warn!("a Hanko webhook handler was already registered");
     }
+    state
+        .revocation
+        .start_bus(Arc::new(GatewayCache(Arc::downgrade(&state.0))));
 }
 
 /// Tells this instance's caches, and every other instance, that grants were
@@ -144,5 +165,6 @@ pub async fn announce(state: &AppState, revoked: &Revoked) {
     if revoked.grants.is_empty() {
         return;
     }
+    state.gateway.validator.invalidate_grants(&revoked.grants);
     state.revocation.publish(revoked).await;
 }
