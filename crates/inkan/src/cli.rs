@@ -101,9 +101,28 @@ pub fn main() -> ExitCode {
             eprintln!("inkan dev: not available yet");
             ExitCode::from(2)
         }
-        Command::Revoke { .. } => {
-            eprintln!("inkan revoke: not available yet");
-            ExitCode::from(2)
+        Command::Revoke {
+            config,
+            user,
+            session,
+            client,
+            grant,
+        } => {
+            use crate::revocation::operator::{self, Target};
+            // clap's required "target" group guarantees exactly one of these.
+            let target = user
+                .map(Target::User)
+                .or(session.map(Target::Session))
+                .or(client.map(Target::Client))
+                .or(grant.map(Target::Grant))
+                .expect("clap requires one revocation target");
+            match load_config(config) {
+                Ok(c) => operator::run(&c, &target),
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::from(EXIT_BAD_CONFIG as u8)
+                }
+            }
         }
     }
 }

@@ -16,13 +16,17 @@
 //! - [`revocation`]: logout, cross-instance cache invalidation.
 //! - [`store`]: one [`store::Store`] trait; SQLite and Redis (standalone and
 //!   cluster) backends.
+//! - [`ops`], [`metrics`]: health, readiness and Prometheus metrics.
 //! - [`cli`]: the `inkan` command line.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod identity;
+pub mod metrics;
 pub mod oauth;
+pub mod ops;
 pub mod pages;
 pub mod revocation;
 pub mod serve;

@@ -8,7 +8,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::oauth::OAuth;
 use crate::store::SharedStore;
 
@@ -22,6 +24,10 @@ pub struct Shared {
     pub identity: Arc<Identity>,
     /// The authorization server's precomputed metadata, limiter and caches.
     pub oauth: OAuth,
+    pub gateway: Gateway,
+    pub metrics: Arc<Metrics>,
+    /// Logout, the account page, cross-instance invalidation.
+    pub revocation: crate::revocation::Revocation,
 }
 
 impl std::ops::Deref for AppState {
@@ -31,10 +37,18 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Every route of the process.
+/// Every route of the process, with request metrics around each.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(crate::oauth::routes())
+        .merge(crate::gateway::routes(&state.config))
+        .merge(crate::ops::routes())
+        .merge(crate::revocation::routes())
+        .merge(crate::identity::webhook::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

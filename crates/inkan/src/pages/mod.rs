@@ -6,6 +6,8 @@
 //! `Referrer-Policy: no-referrer` (authorization URLs carry `state` and PKCE
 //! challenges) and `Cache-Control: no-store`.
 
+pub mod account;
+
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

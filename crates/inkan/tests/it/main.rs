@@ -8,4 +8,5 @@ mod cli;
 mod gateway;
 mod identity;
 mod oauth;
+mod revocation;
 mod store;

@@ -1,0 +1,250 @@
+//! The streaming proxy to a service's upstream MCP server (Streamable HTTP:
+//! `POST`, `GET` for SSE, `DELETE` to end a session).
+//!
+//! Request bodies (JSON-RPC messages) are read whole, up to
+//! `gateway.body_limit`, so an oversized one is refused with a clean `413`
+//! before anything reaches the upstream. Response bodies are never buffered:
+//! each frame the upstream sends is passed on as it arrives, so an SSE event
+//! reaches the client while the upstream keeps the stream open. When the
+//! client goes away, axum drops the response body and with it the upstream
+//! connection.
+//!
+//! What the upstream receives: the client's headers minus hop-by-hop headers,
+//! `Authorization`, `Cookie` and every `X-Inkan-*` (no token passthrough, no
+//! identity spoofing), plus inkan's identity headers and assertion.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Request, Response, Uri};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::validate::Access;
+use crate::config::{GatewayConfig, ServiceConfig};
+use crate::metrics::{Metrics, ServiceLabels, UpstreamError, UpstreamErrorLabels};
+
+/// Why a request could not be proxied; each maps to one synthetic response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// `413`.
+    BodyTooLarge,
+    /// The client's request body broke off: `400`.
+    BadRequestBody,
+    /// Connection refused, reset or closed before an answer: `502`.
+    Upstream(UpstreamError),
+}
+
+pub struct Upstream {
+    service: String,
+    uri: Uri,
+    authority: HeaderValue,
+    client: Client<HttpConnector, Full<Bytes>>,
+    first_byte_timeout: Duration,
+    body_limit: u64,
+}
+
+impl Upstream {
+    pub fn new(service: &ServiceConfig, config: &GatewayConfig) -> anyhow::Result<Upstream> {
+        let uri: Uri = service.upstream.parse()?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow::anyhow!("upstream {} has no host", service.upstream))?;
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            anyhow::bail!(
+                "service {}: only http:// upstreams are supported (got {}); \
+                 terminate TLS next to the upstream",
+                service.id,
+                service.upstream
+            );
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Upstream {
+            service: service.id.clone(),
+            authority: HeaderValue::from_str(authority.as_str())?,
+            uri,
+            client,
+            first_byte_timeout: config.first_byte_timeout,
+            body_limit: config.body_limit,
+        })
+    }
+
+    /// Sends the request upstream and returns the streaming response.
+    pub async fn forward(
+        &self,
+        request: Request<Body>,
+        access: &Access,
+        assertion: Option<HeaderValue>,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.body_limit) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        let limit = usize::try_from(self.body_limit).unwrap_or(usize::MAX);
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            Err(_) => return Err(ProxyError::BadRequestBody),
+        };
+
+        let uri = match parts.uri.query() {
+            Some(q) => self.with_query(q),
+            None => self.uri.clone(),
+        };
+        let mut out = Request::builder()
+            .method(parts.method)
+            .uri(uri)
+            .body(Full::new(body))
+            .expect("method and URI come from valid requests");
+        let headers = out.headers_mut();
+        copy_headers(&parts.headers, headers, strip_request_header);
+        headers.insert(header::HOST, self.authority.clone());
+        let h = &access.headers;
+        headers.insert(X_INKAN_USER, h.user.clone());
+        if let Some(email) = &h.email {
+            headers.insert(X_INKAN_EMAIL, email.clone());
+        }
+        headers.insert(X_INKAN_CLIENT, h.client.clone());
+        headers.insert(X_INKAN_SCOPES, h.scopes.clone());
+        headers.insert(X_INKAN_SERVICES, h.services.clone());
+        if let Some(a) = assertion {
+            headers.insert(X_INKAN_ASSERTION, a);
+        }
+
+        let started = Instant::now();
+        let sent = tokio::time::timeout(self.first_byte_timeout, self.client.request(out)).await;
+        let kind = match sent {
+            Ok(Ok(response)) => {
+                metrics
+                    .upstream_latency
+                    .get_or_create(&ServiceLabels {
+                        service: self.service.clone(),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok(self.response(response));
+            }
+            Err(_) => UpstreamError::Timeout,
+            Ok(Err(e)) => {
+                tracing::warn!(service = %self.service, error = %e, "upstream request failed");
+                classify(&e)
+            }
+        };
+        metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                service: self.service.clone(),
+                kind,
+            })
+            .inc();
+        Err(ProxyError::Upstream(kind))
+    }
+
+    fn with_query(&self, query: &str) -> Uri {
+        let path = self.uri.path();
+        let pq = match self.uri.query() {
+            Some(own) => format!("{path}?{own}&{query}"),
+            None => format!("{path}?{query}"),
+        };
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
+    }
+
+    fn response(&self, upstream: Response<hyper::body::Incoming>) -> Response<Body> {
+        let (parts, body) = upstream.into_parts();
+        let mut out = Response::new(Body::new(body));
+        *out.status_mut() = parts.status;
+        copy_headers(&parts.headers, out.headers_mut(), strip_response_header);
+        out
+    }
+}
+
+const X_INKAN_USER: HeaderName = HeaderName::from_static("x-inkan-user");
+const X_INKAN_EMAIL: HeaderName = HeaderName::from_static("x-inkan-email");
+const X_INKAN_CLIENT: HeaderName = HeaderName::from_static("x-inkan-client");
+const X_INKAN_SCOPES: HeaderName = HeaderName::from_static("x-inkan-scopes");
+const X_INKAN_SERVICES: HeaderName = HeaderName::from_static("x-inkan-services");
+const X_INKAN_ASSERTION: HeaderName = HeaderName::from_static("x-inkan-assertion");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn strip_request_header(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || name == header::HOST
+        || name == header::AUTHORIZATION
+        || name == header::COOKIE
+        || name == header::CONTENT_LENGTH
+        || name.as_str().starts_with("x-inkan-")
+}
+
+/// Upstream cookies would be set on inkan's origin, shared by every service.
+fn strip_response_header(name: &HeaderName) -> bool {
+    is_hop_by_hop(name) || name == header::SET_COOKIE
+}
+
+/// Copies `from` into `to`, skipping `strip` and anything the `Connection`
+/// header names as connection-specific.
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, strip: fn(&HeaderName) -> bool) {
+    let listed: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in from {
+        if strip(name) || listed.iter().any(|l| l == name.as_str()) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// A connect timeout surfaces as an I/O `TimedOut` somewhere in the chain.
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return UpstreamError::Timeout;
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        UpstreamError::Unreachable
+    } else {
+        UpstreamError::Protocol
+    }
+}

@@ -1,0 +1,163 @@
+//! A real inkan app (gateway + ops routes) on a free port, with a store of
+//! the test's choosing, and helpers that mint tokens straight into the store.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use inkan::config::Config;
+use inkan::gateway::Gateway;
+use inkan::metrics::Metrics;
+use inkan::server::{AppState, Shared};
+use inkan::store::token::{self, Minted};
+use inkan::store::touch::Toucher;
+use inkan::store::{Grant, SharedStore, TokenKind, TokenPair};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub struct TestGateway {
+    /// `http://127.0.0.1:<port>`, also the configured `public_url`.
+    pub url: String,
+    pub state: AppState,
+    pub toucher: Arc<Toucher>,
+    server: JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Starts inkan with `tail` appended to a minimal configuration: `tail`
+/// holds the `[[services]]` and may hold `[store]` / `[gateway]` sections
+/// (without `[store]`, a fresh SQLite file in a temp dir is used).
+pub async fn start(tail: &str) -> TestGateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let url = format!("http://{addr}");
+    let mut toml = format!(
+        r#"
+        public_url = "{url}"
+        listen = "{addr}"
+        [hanko]
+        api_url = "http://127.0.0.1:9"
+        audience = "localhost"
+        {tail}
+        "#
+    );
+    if !tail.contains("[store]") {
+        toml.push_str(&format!(
+            "\n[store]\nbackend = \"sqlite\"\npath = \"{}\"\n",
+            dir.path().join("inkan.db").display()
+        ));
+    }
+    let config = Config::from_toml_str(&toml).expect("test config is valid");
+    let store = inkan::store::connect(&config.store)
+        .await
+        .expect("store connects");
+    let toucher = Arc::new(Toucher::spawn(
+        Arc::clone(&store),
+        config.store.touch_interval,
+    ));
+    let metrics = Arc::new(Metrics::default());
+    let gateway = Gateway::new(
+        &config,
+        Arc::clone(&store),
+        Arc::clone(&toucher),
+        Arc::clone(&metrics),
+    )
+    .await
+    .expect("gateway starts");
+    let state = AppState(Arc::new(Shared {
+        identity: Arc::new(inkan::identity::Identity::new(&config.hanko)),
+        oauth: inkan::oauth::OAuth::new(&config),
+        revocation: inkan::revocation::Revocation::new(&config),
+        config,
+        store,
+        gateway,
+        metrics,
+    }));
+    inkan::revocation::start(&state);
+    let app = inkan::server::app(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("server runs");
+    });
+    TestGateway {
+        url,
+        state,
+        toucher,
+        server,
+        _dir: dir,
+    }
+}
+
+/// What a minted grant looks like; tests adjust it before [`TestGateway::mint`].
+pub fn grant(services: &[&str], scopes: &[&str]) -> (Grant, i64) {
+    let now = now();
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let grant = Grant {
+        grant_id: token::new_grant_id(),
+        user_id: "user-1".into(),
+        email: Some("ada@example.com".into()),
+        session_id: "session-1".into(),
+        client_id: "client-1".into(),
+        scopes: strings(scopes),
+        services: strings(services),
+        resource: String::new(),
+        created_at: now,
+        last_used: None,
+        session_exp: now + 3600,
+        expires_at: now + 86400,
+    };
+    (grant, now + 3600)
+}
+
+impl TestGateway {
+    pub fn store(&self) -> &SharedStore {
+        &self.state.store
+    }
+
+    pub fn mcp_url(&self, service: &str) -> String {
+        format!("{}/mcp/{service}", self.url)
+    }
+
+    /// Stores `grant` with a fresh access token expiring at
+    /// `access_expires_at`, and returns that token.
+    pub async fn mint(&self, mut grant: Grant, access_expires_at: i64) -> String {
+        if grant.resource.is_empty() {
+            grant.resource = self.state.config.resource_url(&grant.services[0]);
+        }
+        let access: Minted = token::mint(TokenKind::Access, &grant.grant_id);
+        let refresh = token::mint(TokenKind::Refresh, &grant.grant_id);
+        let pair = TokenPair {
+            access: access.hash,
+            access_expires_at,
+            refresh: refresh.hash,
+            refresh_expires_at: grant.expires_at,
+        };
+        assert!(
+            self.store()
+                .create_grant(&grant, &pair)
+                .await
+                .expect("store answers"),
+            "grant created"
+        );
+        access.token
+    }
+
+    /// A token for the default test user on `services` with `scopes`.
+    pub async fn token(&self, services: &[&str], scopes: &[&str]) -> String {
+        let (g, exp) = grant(services, scopes);
+        self.mint(g, exp).await
+    }
+}
