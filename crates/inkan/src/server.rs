@@ -6,6 +6,7 @@ use axum::Router;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
 
@@ -16,6 +17,7 @@ pub struct AppState(pub Arc<Shared>);
 pub struct Shared {
     pub config: Config,
     pub store: SharedStore,
+    pub identity: Arc<Identity>,
     pub gateway: Gateway,
     pub metrics: Arc<Metrics>,
 }

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::support::gateway::{self, TestGateway, now};
+use crate::support::redis::{RedisServer, unique_prefix};
 
 /// An upstream MCP endpoint at `/mcp` that records what it received:
 /// `POST` answers a JSON-RPC result, `GET` streams two SSE events and sends
@@ -560,6 +561,32 @@ async fn oversized_bodies_are_refused_with_413() {
     assert!(up.seen.lock().unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn store_outage_is_503_never_401() {
+    let redis = tokio::task::block_in_place(RedisServer::start_new);
+    let up = test_upstream().await;
+    let gw = gateway::start(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\n{}",
+        redis.url(),
+        unique_prefix("gateway-outage"),
+        services(&up.url)
+    ))
+    .await;
+    let token = gw.token(&["notes"], &["notes:read"]).await;
+    // Blocking, but brief: the runtime's other threads keep the app going.
+    tokio::task::block_in_place(|| redis.stop());
+    let r = call(&gw.mcp_url("notes"), Some(&token)).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+    assert_eq!(error_of(r).await, "temporarily_unavailable");
+
+    let r = reqwest::get(format!("{}/readyz", gw.url)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let r = reqwest::get(format!("{}/healthz", gw.url)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn cache_can_be_disabled() {
     let up = test_upstream().await;
@@ -718,8 +745,35 @@ async fn metrics_count_requests_validations_and_cache() {
 async fn health_and_readiness() {
     let up = test_upstream().await;
     let gw = start(&up.url).await;
-    for path in ["healthz", "readyz"] {
-        let r = reqwest::get(format!("{}/{path}", gw.url)).await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{path}");
-    }
+    let get = |path: &str| reqwest::get(format!("{}/{path}", gw.url));
+    assert_eq!(get("healthz").await.unwrap().status(), StatusCode::OK);
+    // Hanko's keys never loaded: sign-in cannot work yet.
+    assert_eq!(
+        get("readyz").await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let hanko = hanko_emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        hanko_emulator::EmulatorConfig {
+            key_bits: 2048,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let gw = gateway::start_with_hanko(&services(&up.url), hanko.url()).await;
+    let r = reqwest::get(format!("{}/readyz", gw.url)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let metrics = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("inkan_hanko_jwks_fetches_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("inkan_hanko_jwks_failures_total 0"));
 }
