@@ -14,6 +14,10 @@ use bytes::Bytes;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::header;
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -184,6 +188,57 @@ async fn challenges_name_the_metadata_and_scopes() {
 
     let r = call(&gw.mcp_url("nope"), Some(&token)).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// The whole path with a real MCP client and the demo MCP server: initialize
+/// (session id round trip), list tools, and `whoami`, which verifies the
+/// assertion against inkan's JWKS and reports the identity it was given.
+#[tokio::test]
+async fn mcp_client_reaches_the_demo_upstream_as_the_tokens_user() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let gw = start(&upstream).await;
+    let demo = demo_upstream::start(
+        listener,
+        demo_upstream::DemoConfig {
+            jwks_url: format!("{}/.well-known/jwks.json", gw.url),
+            audience: gw.mcp_url("notes"),
+        },
+    )
+    .await
+    .unwrap();
+    let token = gw.token(&["notes"], &["notes:read"]).await;
+
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(gw.mcp_url("notes")).auth_header(token),
+    );
+    let client = ().serve(transport).await.expect("MCP initialize through inkan");
+    let tools = client.list_all_tools().await.unwrap();
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    assert_eq!(names, ["echo", "whoami"]);
+
+    let result = client
+        .call_tool(CallToolRequestParams::new("whoami"))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let text = serde_json::to_value(&result.content[0]).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(me["sub"], "user-1");
+    assert_eq!(me["email"], "ada@example.com");
+    assert_eq!(me["client_id"], "client-1");
+    assert_eq!(me["scope"], "notes:read");
+    assert_eq!(me["aud"], gw.mcp_url("notes"));
+    assert_eq!(me["headers"]["x-inkan-user"], "user-1");
+    client.cancel().await.unwrap();
+
+    for seen in demo.seen_requests() {
+        assert!(seen.get(header::AUTHORIZATION).is_none());
+    }
 }
 
 #[tokio::test]
