@@ -117,7 +117,8 @@ class Person:
         self.authorizations = 0
 
     def sign_in(self, session_jwt: str) -> None:
-        self.http.cookies.set("hanko", session_jwt)
+        # Host-only, as the browser SDK writes it, so inkan's expiring Set-Cookie replaces it.
+        self.http.cookies.set("hanko", session_jwt, domain=urlsplit(self.inkan).hostname or "", path="/")
 
     async def approve(self, authorize_url: str) -> AuthorizationCodeResult:
         """Opens the authorization URL and approves every offered service."""
@@ -179,7 +180,10 @@ class Person:
             )
             check(r.status_code == 200, f"POST /oauth/revoke of the refresh token (HTTP {r.status_code})")
             return "revoked via /oauth/revoke (POST /logout missing)"
-        check(r.status_code < 400, f"POST /logout with the session cookie (HTTP {r.status_code})")
+        check(r.status_code == 200, f"POST /logout with the session cookie (HTTP {r.status_code})")
+        revoked = r.json().get("revoked_grants", 0)
+        check(revoked >= 1, f"logout revoked the user's grants ({revoked})")
+        check(self.http.cookies.get("hanko") is None, "logout cleared the hanko cookie")
         return "logged out via POST /logout"
 
     def sign_out(self) -> None:

@@ -126,12 +126,11 @@ runMain('browser', async () => {
     const accountText = await page.locator('body').innerText();
     check(accountText.includes(CLIENT_NAME), 'account page lists the app');
     await page.screenshot({ path: join(shots, '3-account.png'), fullPage: true });
-    const revokeForm = page.locator('form[action$="/account/revoke"]').filter({ hasText: CLIENT_NAME }).first();
-    const revokeButton = (await revokeForm.count())
-      ? revokeForm.locator('button, input[type=submit]').first()
-      : page.locator('form[action$="/account/revoke"] button, form[action$="/account/revoke"] input[type=submit]').first();
-    await Promise.all([page.waitForLoadState('load'), revokeButton.click()]);
-    await page.waitForURL((u) => new URL(u).pathname.startsWith('/account'));
+    const row = page.locator('tr', { hasText: CLIENT_NAME });
+    check((await row.count()) === 1, 'the app has one row on the account page');
+    const revokeButton = row.locator('form[action$="/account/revoke"] button, form[action$="/account/revoke"] input[type=submit]');
+    await Promise.all([page.waitForNavigation(), revokeButton.click()]);
+    check(new URL(page.url()).pathname.startsWith('/account'), `revoking returns to the account page (${page.url()})`);
     const afterText = await page.locator('body').innerText();
     check(!afterText.includes(CLIENT_NAME), 'the app is gone from the account page');
     await page.screenshot({ path: join(shots, '4-revoked.png'), fullPage: true });
@@ -139,6 +138,14 @@ runMain('browser', async () => {
     r = await rawMcp(resource, tokens.access_token);
     check(r.status === 401, `the revoked app's access token gets 401 (HTTP ${r.status})`);
     await expectRefreshRefused(args.inkan, tokens.refresh_token, clientId);
+
+    // "Sign out everywhere" ends the session: the account page needs a new sign-in.
+    const signOut = page.locator('form[action$="/logout"] button, form[action$="/logout"] input[type=submit]').first();
+    await Promise.all([page.waitForNavigation(), signOut.click()]);
+    check(new URL(page.url()).pathname.startsWith('/login'), `sign-out lands on the login page (${page.url()})`);
+    await page.screenshot({ path: join(shots, '5-signed-out.png'), fullPage: true });
+    await page.goto(`${args.inkan}/account`);
+    check(new URL(page.url()).pathname.startsWith('/login'), 'after sign-out the account page asks to sign in');
   } finally {
     await context.close();
     rmSync(profile, { recursive: true, force: true });

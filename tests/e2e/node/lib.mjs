@@ -193,7 +193,10 @@ export class Person {
       check(r.status === 200, `POST /oauth/revoke of the refresh token (HTTP ${r.status})`);
       return 'revoked via /oauth/revoke (POST /logout missing)';
     }
-    check(r.status < 400, `POST /logout with the session cookie (HTTP ${r.status})`);
+    check(r.status === 200, `POST /logout with the session cookie (HTTP ${r.status})`);
+    const body = await r.json();
+    check(body.revoked_grants >= 1, `logout revoked the user's grants (${body.revoked_grants})`);
+    check(!this.cookies.has('hanko'), 'logout cleared the hanko cookie');
     return 'logged out via POST /logout';
   }
 }
