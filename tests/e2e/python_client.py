@@ -230,7 +230,15 @@ class Traffic:
 
 
 def tool_text(result: Any) -> str:
-    return json.dumps(result.model_dump(mode="json"))
+    return "".join(c.get("text", "") for c in result.model_dump(mode="json")["content"])
+
+
+def check_identity(whoami: str, user_id: str, email: str, when: str) -> None:
+    claims = json.loads(whoami)
+    check(
+        claims.get("sub") == user_id and claims.get("email") == email,
+        f"whoami {when} names the user (sub {claims.get('sub')}, email {claims.get('email')})",
+    )
 
 
 async def mcp_round(
@@ -310,7 +318,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     check(("POST", "/oauth/register", 201) in flow, "SDK registered with DCR (201)")
     check(("POST", "/oauth/token", 200) in flow, "SDK exchanged the code (200)")
-    check(email in whoami and user_id in whoami, f"whoami names the user ({email}, {user_id})")
+    check_identity(whoami, user_id, email, "after sign-in")
     check("hello inkan" in echo, "echo returns its input")
     check(storage.tokens is not None and bool(storage.tokens.refresh_token), "token response has a refresh token")
     assert storage.tokens is not None
@@ -325,7 +333,7 @@ async def run(args: argparse.Namespace) -> None:
     check(storage.tokens.access_token != first_access, "refresh issued a new access token")
     check(storage.tokens.refresh_token != first_refresh, "refresh rotated the refresh token")
     check(person.authorizations == 1, "refresh needed no new consent")
-    check(user_id in whoami, "whoami after refresh still names the user")
+    check_identity(whoami, user_id, email, "after refresh")
 
     # 3. Logout revokes: the held access token is refused with 401.
     how = await person.logout(storage.tokens.refresh_token, storage.client_info.client_id if storage.client_info else None)
@@ -367,7 +375,7 @@ async def run(args: argparse.Namespace) -> None:
     person.sign_in(await hanko.create_session(user_id))
     (whoami,) = await mcp_round(url, provider, traffic, [("whoami", {})])
     check(person.authorizations == 2, "signing in again went through consent once more")
-    check(user_id in whoami, "whoami after signing in again names the user")
+    check_identity(whoami, user_id, email, "after signing in again")
 
 
 def main() -> int:

@@ -82,14 +82,12 @@ runMain('browser', async () => {
     const emailInput = page.locator('input[type=email], input[name=email]').first();
     check((await emailInput.count()) === 1, 'login page offers the dev sign-in email form');
     await emailInput.fill(email);
-    await Promise.all([
-      page.waitForURL((u) => new URL(u).pathname.startsWith('/oauth/authorize')),
-      emailInput.press('Enter'),
-    ]);
+    await emailInput.press('Enter');
 
-    // Signed in: consent names the client and offers the service.
+    // Signed in: back at the authorization request, consent names the client and offers the service.
     const approve = page.locator('button[name=decision][value=approve], input[name=decision][value=approve]');
     await approve.waitFor();
+    check(new URL(page.url()).pathname.startsWith('/oauth/authorize'), `sign-in returned to the authorization request (${page.url()})`);
     const consentText = await page.locator('body').innerText();
     check(consentText.includes(CLIENT_NAME), 'consent page names the client');
     check(consentText.includes('127.0.0.1'), 'consent page shows the redirect host');
