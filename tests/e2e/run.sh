@@ -169,6 +169,9 @@ api_url = "$hanko"
 audience = "localhost"
 admin_api_url = "$hanko/admin"
 dev_sign_in_url = "$hanko/dev/sign-in"
+# Never the public CDN: the suite talks to loopback only. The dev sign-in form
+# works without Hanko Elements, so a 404 here is fine.
+elements_url = "$hanko/e2e-no-elements.js"
 
 [tokens]
 access_ttl = "${ACCESS_TTL}s"
