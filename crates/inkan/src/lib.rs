@@ -23,5 +23,6 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod revocation;
+pub mod serve;
 pub mod server;
 pub mod store;

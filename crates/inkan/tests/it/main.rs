@@ -3,6 +3,8 @@
 
 mod support;
 
+mod cli;
+
 mod gateway;
 mod identity;
 mod oauth;
