@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::store::SharedStore;
 
 /// Everything a request handler may need; cheap to clone.
@@ -12,6 +13,7 @@ pub struct AppState(pub Arc<Shared>);
 pub struct Shared {
     pub config: Config,
     pub store: SharedStore,
+    pub identity: Arc<Identity>,
 }
 
 impl std::ops::Deref for AppState {
