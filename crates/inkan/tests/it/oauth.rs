@@ -32,13 +32,40 @@ fn location_params(response: &reqwest::Response) -> (url::Url, HashMap<String, S
     (url, params)
 }
 
+/// Undoes HTML escaping: named entities and decimal/hex character references.
 fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&#x27;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let Some(end) = rest.find(';') else { break };
+        let entity = &rest[1..end];
+        let ch = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match ch {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The hidden fields of the consent form, in page order.
@@ -1665,4 +1692,42 @@ async fn browser_clients_get_cors_on_the_token_endpoint() {
             "{path}"
         );
     }
+}
+
+#[tokio::test]
+async fn consent_page_escapes_what_clients_say_about_themselves() {
+    let app = TestApp::start().await;
+    let body = app
+        .register(json!({
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+            "client_name": "<script>alert(1)</script>\" onmouseover=\"x",
+        }))
+        .await;
+    let flow = Flow::for_client(&app, body["client_id"].as_str().unwrap().into(), REDIRECT).await;
+    let notes = app.resource("notes");
+    let r = flow
+        .authorize(
+            &[
+                ("resource", &notes),
+                ("state", "\"><script>alert(2)</script>"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(!html.contains("\" onmouseover"));
+    // The escaped state still round-trips through the form.
+    let fields = hidden_fields(&html);
+    let state = fields
+        .iter()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(state, Some("\"><script>alert(2)</script>"), "{html}");
+    let r = flow.decide(&fields, &["notes"], "approve").await;
+    let (_, p) = location_params(&r);
+    assert_eq!(p["state"], "\"><script>alert(2)</script>");
+    assert!(p.contains_key("code"));
 }
