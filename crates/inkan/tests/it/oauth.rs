@@ -1731,3 +1731,70 @@ async fn consent_page_escapes_what_clients_say_about_themselves() {
     assert_eq!(p["state"], "\"><script>alert(2)</script>");
     assert!(p.contains_key("code"));
 }
+
+// ------------------------------------------------------------------- Redis --
+
+#[tokio::test]
+async fn token_flows_behave_the_same_on_redis() {
+    use crate::support::redis;
+    let url = redis::standalone().await;
+    let prefix = redis::unique_prefix("oauth");
+    let app = TestApp::with_config(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"{prefix}\""
+    ))
+    .await;
+    let flow = Flow::new(&app).await;
+    let t = flow.tokens().await;
+    let rt = t["refresh_token"].as_str().unwrap();
+    let answers = futures_util::future::join_all((0..6).map(|_| flow.refresh(rt))).await;
+    let mut successors = Vec::new();
+    for r in answers {
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        successors.push(body["refresh_token"].clone());
+    }
+    successors.dedup();
+    assert_eq!(successors.len(), 1);
+
+    let notes = app.resource("notes");
+    let code = flow.code(&[("resource", &notes)], &["notes"]).await;
+    let first: Value = flow.exchange(&code, &[]).await.json().await.unwrap();
+    let replay = flow.exchange(&code, &[]).await;
+    assert_eq!(error_of(replay).await, (400, "invalid_grant".into()));
+    assert!(!access_alive(&app, first["access_token"].as_str().unwrap()).await);
+}
+
+#[tokio::test]
+async fn store_outage_answers_503_not_401() {
+    let server = tokio::task::spawn_blocking(crate::support::redis::RedisServer::start_new)
+        .await
+        .unwrap();
+    let app = TestApp::with_config(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"",
+        server.url()
+    ))
+    .await;
+    let flow = Flow::new(&app).await;
+    let t = flow.tokens().await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+
+    let r = flow.refresh(t["refresh_token"].as_str().unwrap()).await;
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(error_of(r).await, (503, "temporarily_unavailable".into()));
+    let r = app
+        .http
+        .post(app.at("/oauth/register"))
+        .json(&json!({"redirect_uris": [REDIRECT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (503, "temporarily_unavailable".into()));
+    let r = flow.authorize(&[], true).await;
+    assert_eq!(r.status(), 503, "authorize shows a page, never a 401");
+    drop(server);
+}
