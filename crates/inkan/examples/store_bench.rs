@@ -100,6 +100,8 @@ async fn memory_by_kind(store: &RedisStore) -> anyhow::Result<BTreeMap<&'static 
             k if k.starts_with("{u:") => "user index",
             k if k.starts_with("{s:") => "session index",
             k if k.starts_with("{c:") => "client index",
+            k if k.ends_with(":c") => "pending code",
+            k if k.starts_with('{') && !k.starts_with("{m}") => "grant record",
             _ => "other",
         };
         let e = out.entry(kind).or_insert((0, 0));

@@ -29,6 +29,10 @@
 //! into 63-byte pieces, and one-letter field names: a grant fits in ~250
 //! bytes of listpack (see `bench/store.sh`).
 //!
+//! Scripts compare token hashes with Lua's `==`, which is not constant-time;
+//! that is fine because they are hashes: timing reveals nothing about a
+//! token that would let anyone present one.
+//!
 //! The previous refresh token is not stored: its successor is derived from
 //! it, so "the current refresh hash equals the presented token's successor"
 //! already proves the presented token was the one rotated away last.
