@@ -47,7 +47,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
 
 use super::{
     AccessView, Client, CodeOutcome, Grant, PendingCode, Revoked, RotateOutcome, Rotation, Store,
@@ -491,7 +491,6 @@ struct Scripts {
     create_grant: Script,
     consume_code: Script,
     rotate: Script,
-    revoke: Script,
     revoke_access: Script,
     touch: Script,
     index_add: Script,
@@ -502,6 +501,7 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     scripts: Scripts,
+    revoke_src: String,
 }
 
 /// Which index a revocation walks.
@@ -553,11 +553,11 @@ impl RedisStore {
         RedisStore {
             conn,
             prefix: prefix.to_owned(),
+            revoke_src: format!("{LUA_HELPERS}{REVOKE}"),
             scripts: Scripts {
                 create_grant: Script::new(CREATE_GRANT),
                 consume_code: Script::new(CONSUME_CODE),
                 rotate: Script::new(&format!("{LUA_HELPERS}{ROTATE}")),
-                revoke: Script::new(&format!("{LUA_HELPERS}{REVOKE}")),
                 revoke_access: Script::new(REVOKE_ACCESS),
                 touch: Script::new(TOUCH),
                 index_add: Script::new(INDEX_ADD),
@@ -638,19 +638,39 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Revokes one grant (and its pending code); returns what it removed and
-    /// the grant's record, so the caller can clean the other indexes.
-    async fn revoke_one(&self, grant_id: &str) -> StoreResult<(Revoked, Option<Grant>)> {
-        let mut conn = self.conn.clone();
-        let reply: Vec<Vec<u8>> = self
-            .scripts
-            .revoke
-            .key(self.grant_key(grant_id))
-            .key(self.code_key(grant_id))
-            .arg(TOMBSTONE_SECS)
-            .invoke_async(&mut conn)
-            .await?;
-        let [n, meta, code] = reply.as_slice() else {
+    /// Runs independent single-key commands: one pipeline on a standalone
+    /// server, concurrent requests on a cluster (a cluster pipeline must stay
+    /// within one slot).
+    async fn run_all<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> StoreResult<Vec<T>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Value> = match &self.conn {
+            Conn::Standalone(c) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async(&mut c.clone()).await?
+            }
+            Conn::Cluster(c) => {
+                try_join_all(cmds.iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<Value>(&mut c).await }
+                }))
+                .await?
+            }
+        };
+        values
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).map_err(|e| StoreError(format!("redis: {e}"))))
+            .collect()
+    }
+
+    /// What the revoke script removed for one grant, and the grant's record
+    /// (or its pending code's), so the caller can clean the other indexes.
+    fn revoke_reply(grant_id: &str, reply: &[Vec<u8>]) -> StoreResult<(Revoked, Option<Grant>)> {
+        let [n, meta, code] = reply else {
             return Err(corrupt("revoke"));
         };
         let tokens = int_of(n).ok_or_else(|| corrupt("revoke"))? as u64;
@@ -681,7 +701,26 @@ impl RedisStore {
         grant_ids: &[String],
         walked: Option<&str>,
     ) -> StoreResult<Revoked> {
-        let results = try_join_all(grant_ids.iter().map(|g| self.revoke_one(g))).await?;
+        // EVAL rather than EVALSHA: pipelined commands cannot recover from
+        // NOSCRIPT one by one, and Redis caches the compiled script anyway.
+        let cmds = grant_ids
+            .iter()
+            .map(|g| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(&self.revoke_src)
+                    .arg(2)
+                    .arg(self.grant_key(g))
+                    .arg(self.code_key(g))
+                    .arg(TOMBSTONE_SECS);
+                cmd
+            })
+            .collect();
+        let replies: Vec<Vec<Vec<u8>>> = self.run_all(cmds).await?;
+        let results = replies
+            .iter()
+            .zip(grant_ids)
+            .map(|(reply, g)| Self::revoke_reply(g, reply))
+            .collect::<StoreResult<Vec<_>>>()?;
         let mut out = Revoked::default();
         let mut unindex: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for ((revoked, grant), id) in results.into_iter().zip(grant_ids) {
@@ -701,17 +740,15 @@ impl RedisStore {
                 unindex.entry(key).or_default().push(id.clone());
             }
         }
-        try_join_all(unindex.iter().map(|(key, ids)| {
-            let mut conn = self.conn.clone();
-            async move {
-                redis::cmd("HDEL")
-                    .arg(key)
-                    .arg(ids)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            }
-        }))
-        .await?;
+        let cmds = unindex
+            .iter()
+            .map(|(key, ids)| {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(key).arg(ids);
+                cmd
+            })
+            .collect();
+        self.run_all::<i64>(cmds).await?;
         Ok(out)
     }
 
