@@ -7,6 +7,7 @@
 #   tests/e2e/run.sh [sqlite|redis|cluster|all]     (default: all)
 #
 # Logs go to target/e2e-logs/<backend>/, screenshots to target/e2e-screenshots/.
+# E2E_CLIENTS="python sdk" runs a subset of the clients (python sdk inspector browser).
 # Exits non-zero on any failure; the last line is "N passed, N failed".
 set -uo pipefail
 
@@ -25,7 +26,7 @@ esac
 # Long enough for a token exchange and a tool call, short enough that every
 # client sees its access token expire and refreshes during the run.
 ACCESS_TTL=5
-CLIENTS=(python sdk inspector browser)
+CLIENTS=(${E2E_CLIENTS:-python sdk inspector browser})
 
 bash "$e2e/setup.sh" || exit 1
 target="${CARGO_TARGET_DIR:-$root/target}"

@@ -26,7 +26,9 @@ runMain('browser', async () => {
   // The app's loopback listener, as a native app has one: it receives the redirect.
   let callback;
   const listener = createServer((req, res) => {
-    callback = new URL(req.url, 'http://127.0.0.1');
+    const url = new URL(req.url, 'http://127.0.0.1');
+    // Chromium also asks for /favicon.ico.
+    if (url.pathname === '/callback') callback = url;
     res.writeHead(200, { 'content-type': 'text/html' }).end('<h1>Back in the app</h1>');
   });
   await new Promise((r) => listener.listen(0, '127.0.0.1', r));
