@@ -83,11 +83,16 @@ start() {
   pids+=($!)
 }
 
+# wait_http URL WHAT: until URL answers 2xx, or the last started process exits.
 wait_http() {
-  local url="$1" what="$2"
+  local url="$1" what="$2" pid="${pids[-1]}"
   for _ in $(seq 1 150); do
     if curl -fsS -o /dev/null "$url" 2>/dev/null; then
       return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "!! $what exited before answering $url" >&2
+      return 1
     fi
     sleep 0.2
   done
