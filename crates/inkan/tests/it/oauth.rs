@@ -32,13 +32,40 @@ fn location_params(response: &reqwest::Response) -> (url::Url, HashMap<String, S
     (url, params)
 }
 
+/// Undoes HTML escaping: named entities and decimal/hex character references.
 fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&#x27;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let Some(end) = rest.find(';') else { break };
+        let entity = &rest[1..end];
+        let ch = match entity {
+            "amp" => Some('&'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            "quot" => Some('"'),
+            "apos" => Some('\''),
+            _ => entity
+                .strip_prefix("#x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
+                .and_then(char::from_u32),
+        };
+        match ch {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The hidden fields of the consent form, in page order.
@@ -1532,4 +1559,242 @@ async fn login_page_returns_only_to_local_paths_and_offers_dev_sign_in_when_conf
     assert!(html.contains("<form id=\"dev-sign-in\">"));
     assert!(html.contains("http://127.0.0.1:1/dev/sign-in"));
     assert!(html.contains(r#"data-return-to="/oauth/authorize?a=b""#));
+}
+
+#[tokio::test]
+async fn dev_sign_in_answer_works_as_the_hanko_cookie() {
+    let app = TestApp::start().await;
+    // What the login page's dev form does: POST {email}, write the cookie.
+    let signed: Value = app
+        .http
+        .post(format!("{}/dev/sign-in", app.hanko.url()))
+        .json(&json!({"email": "dev@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = app.public_client(REDIRECT).await;
+    let mut flow = Flow::for_client(&app, client_id, REDIRECT).await;
+    flow.cookie = format!("hanko={}", signed["session_token"].as_str().unwrap());
+    let notes = app.resource("notes");
+    let r = flow.authorize(&[("resource", &notes)], true).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("dev@example.com"));
+}
+
+#[tokio::test]
+async fn refresh_revokes_grants_whose_hanko_session_ended() {
+    let hanko = hanko_emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        hanko_emulator::EmulatorConfig {
+            audience: vec![crate::support::app::AUDIENCE.into()],
+            key_bits: 2048,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let admin = hanko.admin_url();
+    // No positive liveness cache, so the refresh right after the logout asks.
+    let app = TestApp::with_emulator(
+        hanko,
+        &format!("[hanko]\nadmin_api_url = \"{admin}\"\nliveness_cache = \"0s\""),
+    )
+    .await;
+    let client_id = app.public_client(REDIRECT).await;
+    let mut flow = Flow::for_client(&app, client_id, REDIRECT).await;
+    let user = app.hanko.create_user("leaver@example.com").unwrap();
+    let session = app.hanko.create_session(&user.id).unwrap();
+    flow.cookie = TestApp::cookie(&session);
+    let t = flow.tokens().await;
+    let r = flow.refresh(t["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 200, "live session: refresh works");
+    let t: Value = r.json().await.unwrap();
+
+    assert!(
+        app.hanko
+            .delete_session(&user.id, &session.session_id)
+            .await
+    );
+    let other = Flow::new(&app).await.tokens().await;
+    // A fresh grant of another session is unaffected; this one is revoked.
+    let r = flow.refresh(t["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(error_of(r).await, (400, "invalid_grant".into()));
+    assert!(!access_alive(&app, t["access_token"].as_str().unwrap()).await);
+    assert!(access_alive(&app, other["access_token"].as_str().unwrap()).await);
+}
+
+#[tokio::test]
+async fn metadata_documents_are_cached_and_fetched_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let id = format!("http://{}/client.json", listener.local_addr().unwrap());
+    let doc = json!({"client_id": id, "redirect_uris": [REDIRECT]}).to_string();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counter = fetches.clone();
+    let router = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let doc = doc.clone();
+            async move { ([(header::CACHE_CONTROL, "max-age=3600")], doc) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let app = TestApp::with_config("[oauth]\ncimd_allow_private_addresses = true").await;
+    let notes = app.resource("notes");
+    let flow = Flow::for_client(&app, id.clone(), REDIRECT).await;
+    let extra = [("resource", notes.as_str())];
+    let answers =
+        futures_util::future::join_all((0..5).map(|_| flow.authorize(&extra, true))).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+    flow.tokens().await;
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "one fetch, then the cache"
+    );
+}
+
+#[tokio::test]
+async fn browser_clients_get_cors_on_the_token_endpoint() {
+    let app = TestApp::start().await;
+    for path in ["/oauth/token", "/oauth/register", "/oauth/revoke"] {
+        let r = app
+            .http
+            .request(reqwest::Method::OPTIONS, app.at(path))
+            .header(header::ORIGIN, "https://inspector.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}");
+        assert_eq!(r.headers()["access-control-allow-origin"], "*", "{path}");
+        assert!(
+            r.headers()
+                .get("access-control-allow-credentials")
+                .is_none()
+        );
+        let allowed = r.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(
+            allowed.contains("authorization") && allowed.contains("content-type"),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn consent_page_escapes_what_clients_say_about_themselves() {
+    let app = TestApp::start().await;
+    let body = app
+        .register(json!({
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+            "client_name": "<script>alert(1)</script>\" onmouseover=\"x",
+        }))
+        .await;
+    let flow = Flow::for_client(&app, body["client_id"].as_str().unwrap().into(), REDIRECT).await;
+    let notes = app.resource("notes");
+    let r = flow
+        .authorize(
+            &[
+                ("resource", &notes),
+                ("state", "\"><script>alert(2)</script>"),
+            ],
+            true,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(!html.contains("\" onmouseover"));
+    // The escaped state still round-trips through the form.
+    let fields = hidden_fields(&html);
+    let state = fields
+        .iter()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(state, Some("\"><script>alert(2)</script>"), "{html}");
+    let r = flow.decide(&fields, &["notes"], "approve").await;
+    let (_, p) = location_params(&r);
+    assert_eq!(p["state"], "\"><script>alert(2)</script>");
+    assert!(p.contains_key("code"));
+}
+
+// ------------------------------------------------------------------- Redis --
+
+#[tokio::test]
+async fn token_flows_behave_the_same_on_redis() {
+    use crate::support::redis;
+    let url = redis::standalone().await;
+    let prefix = redis::unique_prefix("oauth");
+    let app = TestApp::with_config(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{url}\"\nprefix = \"{prefix}\""
+    ))
+    .await;
+    let flow = Flow::new(&app).await;
+    let t = flow.tokens().await;
+    let rt = t["refresh_token"].as_str().unwrap();
+    let answers = futures_util::future::join_all((0..6).map(|_| flow.refresh(rt))).await;
+    let mut successors = Vec::new();
+    for r in answers {
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        successors.push(body["refresh_token"].clone());
+    }
+    successors.dedup();
+    assert_eq!(successors.len(), 1);
+
+    let notes = app.resource("notes");
+    let code = flow.code(&[("resource", &notes)], &["notes"]).await;
+    let first: Value = flow.exchange(&code, &[]).await.json().await.unwrap();
+    let replay = flow.exchange(&code, &[]).await;
+    assert_eq!(error_of(replay).await, (400, "invalid_grant".into()));
+    assert!(!access_alive(&app, first["access_token"].as_str().unwrap()).await);
+}
+
+#[tokio::test]
+async fn store_outage_answers_503_not_401() {
+    let server = tokio::task::spawn_blocking(crate::support::redis::RedisServer::start_new)
+        .await
+        .unwrap();
+    let app = TestApp::with_config(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"",
+        server.url()
+    ))
+    .await;
+    let flow = Flow::new(&app).await;
+    let t = flow.tokens().await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+
+    let r = flow.refresh(t["refresh_token"].as_str().unwrap()).await;
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(error_of(r).await, (503, "temporarily_unavailable".into()));
+    let r = app
+        .http
+        .post(app.at("/oauth/register"))
+        .json(&json!({"redirect_uris": [REDIRECT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r).await, (503, "temporarily_unavailable".into()));
+    let r = flow.authorize(&[], true).await;
+    assert_eq!(r.status(), 503, "authorize shows a page, never a 401");
+    drop(server);
 }
