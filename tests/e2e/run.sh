@@ -161,10 +161,10 @@ nodes = [\"redis://127.0.0.1:$r1\", \"redis://127.0.0.1:$r2\", \"redis://127.0.0
       ;;
   esac
 
-  start hanko-emulator "$bin/hanko-emulator" --listen "127.0.0.1:$hp" --key-bits 2048 \
-    --audience localhost --webhook "$inkan/hanko/webhook"
   start demo-upstream "$bin/demo-upstream" --listen "127.0.0.1:$up" \
     --jwks-url "$inkan/.well-known/jwks.json" --audience "$inkan/mcp/demo"
+  start hanko-emulator "$bin/hanko-emulator" --listen "127.0.0.1:$hp" --key-bits 2048 \
+    --audience localhost --webhook "$inkan/hanko/webhook"
 
   cat >"$bwork/inkan.toml" <<EOF
 public_url = "$inkan"
