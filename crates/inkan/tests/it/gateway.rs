@@ -32,12 +32,29 @@ struct TestUpstream {
     url: String,
     seen: Arc<Mutex<Vec<HeaderMap>>>,
     release: Arc<Notify>,
+    /// Notified when an SSE stream is dropped by the upstream's server,
+    /// i.e. when the connection to it is gone.
+    stream_dropped: Arc<Notify>,
+}
+
+struct DropSignal(Arc<Notify>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 async fn test_upstream() -> TestUpstream {
     let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
     let release = Arc::new(Notify::new());
-    let (s1, s2, r) = (seen.clone(), seen.clone(), release.clone());
+    let stream_dropped = Arc::new(Notify::new());
+    let (s1, s2, r, d) = (
+        seen.clone(),
+        seen.clone(),
+        release.clone(),
+        stream_dropped.clone(),
+    );
     let app = Router::new().route(
         "/mcp",
         post(move |headers: HeaderMap, body: Bytes| async move {
@@ -57,8 +74,10 @@ async fn test_upstream() -> TestUpstream {
         })
         .get(move |headers: HeaderMap| async move {
             s2.lock().unwrap().push(headers);
+            let signal = Arc::new(DropSignal(d.clone()));
             let stream = futures_util::stream::unfold(0u8, move |step| {
                 let release = r.clone();
+                let _alive = signal.clone();
                 async move {
                     match step {
                         0 => Some((Ok::<_, Infallible>(Bytes::from("data: first\n\n")), 1)),
@@ -79,7 +98,12 @@ async fn test_upstream() -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    TestUpstream { url, seen, release }
+    TestUpstream {
+        url,
+        seen,
+        release,
+        stream_dropped,
+    }
 }
 
 fn services(upstream: &str) -> String {
@@ -521,6 +545,27 @@ async fn sse_events_reach_the_client_before_the_stream_ends() {
         up.seen.lock().unwrap().last().unwrap()["last-event-id"],
         "41"
     );
+}
+
+#[tokio::test]
+async fn client_disconnect_ends_the_upstream_stream() {
+    let up = test_upstream().await;
+    let gw = start(&up.url).await;
+    let token = gw.token(&["notes"], &["notes:read"]).await;
+    let mut r = reqwest::Client::new()
+        .get(gw.mcp_url("notes"))
+        .bearer_auth(&token)
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"data: first\n\n");
+    drop(r);
+    // The upstream stream is still waiting for its release; only a closed
+    // upstream connection drops it. The timeout only avoids a hang.
+    tokio::time::timeout(Duration::from_secs(20), up.stream_dropped.notified())
+        .await
+        .expect("upstream stream outlived the client");
 }
 
 #[tokio::test]
