@@ -5,16 +5,16 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P{g:<grant>}` | hash | `m` grant metadata, `a`/`ae` access hash + expiry, `r`/`re` refresh hash + expiry, `t` last rotation, `e` grant expiry, `l` last use; or `x` when it is a tombstone |
-//! | `P{g:<grant>}:c` | hash | a pending code: `h` hash, `d` payload (removed on use), `e` expiry |
-//! | `P{u:<user>}`, `P{s:<session>}`, `P{c:<client>}` | hash | index: field = grant id |
+//! | `P{<grant>}` | hash | `0`,`1`,…: the grant's fixed fields, packed ([`pack_meta`]) and cut into pieces; `a`: access hash + expiry (+ last use); `r`: refresh hash + expiry (+ last rotation); `e`: grant expiry when it differs from the refresh token's; or only `x` when it is a tombstone |
+//! | `P{<grant>}:c` | hash | a pending code: `h` hash, `d` payload (removed on use), `e` expiry |
+//! | `P{u:<user>}`, `P{s:<session>}`, `P{c:<client>}` | hash | index: field = the grant id's 16 raw bytes |
 //! | `P{cl:<client>}` | hash | a client: `d` JSON, `e` expiry |
 //! | `P{m}:<name>` | string | a named value |
 //!
-//! The grant id travels inside every token, so validation is one `HMGET` on
-//! one key. A grant's keys share the hash tag `{g:<grant>}`, so every step
+//! The grant id travels inside every token, so validation is one `HGETALL`
+//! on one key. A grant's keys share the hash tag `{<grant>}`, so every step
 //! that changes them together is one Lua script on one slot; no command ever
-//! spans slots. Hashes are stored as their 32 raw bytes.
+//! spans slots.
 //!
 //! Index entries are written before the record they point to, so every token
 //! is reachable by a revocation; a revoked grant is replaced by a short-lived
@@ -22,23 +22,36 @@
 //! expires: grants and codes with themselves, tombstones after
 //! [`TOMBSTONE_SECS`], index keys no earlier than the longest grant they list.
 //!
+//! Memory: a hash stays in Redis' compact listpack encoding only while every
+//! value is at most 64 bytes (`hash-max-listpack-value`), and a listpack costs
+//! a fraction of a hashtable. Hence hashes as 32 raw bytes with their times
+//! appended as 5-byte big-endian numbers, the fixed fields packed and cut
+//! into 63-byte pieces, and one-letter field names: a grant fits in ~250
+//! bytes of listpack (see `bench/store.sh`).
+//!
+//! Scripts compare token hashes with Lua's `==`, which is not constant-time;
+//! that is fine because they are hashes: timing reveals nothing about a
+//! token that would let anyone present one.
+//!
 //! The previous refresh token is not stored: its successor is derived from
 //! it, so "the current refresh hash equals the presented token's successor"
 //! already proves the presented token was the one rotated away last.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
-use serde::{Deserialize, Serialize};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
 
 use super::{
     AccessView, Client, CodeOutcome, Grant, PendingCode, Revoked, RotateOutcome, Rotation, Store,
-    StoreError, StoreResult, TokenHash, TokenPair,
+    StoreError, StoreResult, TokenHash, TokenPair, token,
 };
 use crate::config::StoreConfig;
 
@@ -112,69 +125,281 @@ impl Conn {
     }
 }
 
-/// Grant fields that never change, packed into one hash field: a JSON array
-/// costs far fewer bytes than one hash field each.
-#[derive(Serialize, Deserialize)]
-struct Meta(
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-);
+const PIECE: usize = 63;
+const TAG_UUID: u8 = 0xF0;
+const TAG_NONE: u8 = 0xF1;
+const TAG_LONG: u8 = 0xF2;
+const TAG_HTTPS: u8 = 0xF3;
 
-impl Meta {
-    fn of(g: &Grant) -> Meta {
-        Meta(
-            g.user_id.clone(),
-            g.session_id.clone(),
-            g.client_id.clone(),
-            g.email.clone(),
-            g.scopes.join(" "),
-            g.services.join(" "),
-            g.resource.clone(),
-            g.created_at,
-            g.session_exp,
-        )
+/// A time as 5 big-endian bytes (good until the year 36812).
+fn be5(t: i64) -> [u8; 5] {
+    let b = t.clamp(0, (1 << 40) - 1).to_be_bytes();
+    [b[3], b[4], b[5], b[6], b[7]]
+}
+
+fn from_be5(b: &[u8]) -> Option<i64> {
+    let b: &[u8; 5] = b.get(..5)?.try_into().ok()?;
+    Some(b.iter().fold(0i64, |n, &x| (n << 8) | i64::from(x)))
+}
+
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
     }
-
-    fn parse(b: &[u8]) -> StoreResult<Meta> {
-        serde_json::from_slice(b).map_err(|e| StoreError(format!("corrupt grant record: {e}")))
-    }
-
-    fn into_grant(self, grant_id: &str, expires_at: i64, last_used: Option<i64>) -> Grant {
-        let words = |s: String| {
-            s.split(' ')
-                .filter(|w| !w.is_empty())
-                .map(String::from)
-                .collect()
+    let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
         };
-        Grant {
-            grant_id: grant_id.to_owned(),
-            user_id: self.0,
-            session_id: self.1,
-            client_id: self.2,
-            email: self.3,
-            scopes: words(self.4),
-            services: words(self.5),
-            resource: self.6,
-            created_at: self.7,
-            last_used,
-            session_exp: self.8,
-            expires_at,
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn uuid_string(b: &[u8]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let byte = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(byte);
+            return;
         }
+        out.push(byte | 0x80);
     }
 }
 
+fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
+    let Some(s) = s else {
+        out.push(TAG_NONE);
+        return;
+    };
+    if let Some(u) = uuid_bytes(s) {
+        out.push(TAG_UUID);
+        out.extend_from_slice(&u);
+        return;
+    }
+    let s = match s.strip_prefix("https://") {
+        Some(rest) => {
+            out.push(TAG_HTTPS);
+            rest
+        }
+        None => s,
+    };
+    if s.len() < usize::from(TAG_UUID) {
+        out.push(s.len() as u8);
+    } else {
+        out.push(TAG_LONG);
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn varint(&mut self) -> Option<i64> {
+        let mut z = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some((z >> 1) as i64 ^ -((z & 1) as i64));
+            }
+        }
+        None
+    }
+
+    fn string(&mut self) -> Option<Option<String>> {
+        let tag = self.take(1)?[0];
+        let (https, tag) = if tag == TAG_HTTPS {
+            (true, self.take(1)?[0])
+        } else {
+            (false, tag)
+        };
+        let body = match tag {
+            TAG_NONE => return Some(None),
+            TAG_UUID => return Some(Some(uuid_string(self.take(16)?))),
+            TAG_LONG => {
+                let n = u32::from_be_bytes(self.take(4)?.try_into().ok()?) as usize;
+                self.take(n)?
+            }
+            n => self.take(usize::from(n))?,
+        };
+        let body = std::str::from_utf8(body).ok()?;
+        Some(Some(if https {
+            format!("https://{body}")
+        } else {
+            body.to_owned()
+        }))
+    }
+}
+
+/// The grant fields that never change, packed: UUIDs as 16 bytes, a leading
+/// `https://` as one byte, times as varints.
+pub fn pack_meta(g: &Grant) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    put_str(&mut out, Some(&g.user_id));
+    put_str(&mut out, Some(&g.session_id));
+    put_str(&mut out, Some(&g.client_id));
+    put_str(&mut out, g.email.as_deref());
+    put_str(&mut out, Some(&g.scopes.join(" ")));
+    put_str(&mut out, Some(&g.services.join(" ")));
+    put_str(&mut out, Some(&g.resource));
+    put_varint(&mut out, g.created_at);
+    put_varint(&mut out, g.session_exp - g.created_at);
+    out
+}
+
+/// The grant's fixed fields, with `grant_id`, `expires_at` and `last_used`
+/// left for the caller to fill in.
+fn unpack_meta(b: &[u8]) -> StoreResult<Grant> {
+    let mut r = Reader(b);
+    let mut parse = || -> Option<Grant> {
+        let mut s = || r.string();
+        let (user_id, session_id, client_id) = (s()??, s()??, s()??);
+        let email = s()?;
+        let words = |w: String| {
+            w.split(' ')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let (scopes, services, resource) = (words(s()??), words(s()??), s()??);
+        let created_at = r.varint()?;
+        let session_exp = created_at + r.varint()?;
+        Some(Grant {
+            grant_id: String::new(),
+            user_id,
+            email,
+            session_id,
+            client_id,
+            scopes,
+            services,
+            resource,
+            created_at,
+            last_used: None,
+            session_exp,
+            expires_at: 0,
+        })
+    };
+    parse().ok_or_else(|| corrupt("grant record"))
+}
+
+/// A grant id as the 16 bytes it encodes (index entries store these).
+fn gid_bytes(grant_id: &str) -> StoreResult<Vec<u8>> {
+    match URL_SAFE_NO_PAD.decode(grant_id) {
+        Ok(b) if b.len() == 16 && grant_id.len() == token::GRANT_ID_LEN => Ok(b),
+        _ => Err(StoreError("malformed grant id".into())),
+    }
+}
+
+fn gid_string(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// A grant hash as read back with `HGETALL`.
+struct Record {
+    meta: Vec<u8>,
+    /// Access hash, expiry, and last use when known.
+    a: Vec<u8>,
+    /// Refresh hash, expiry, and last rotation when there was one.
+    r: Vec<u8>,
+    e: Option<i64>,
+}
+
+impl Record {
+    /// `None` for a missing key or a tombstone.
+    fn from_fields(fields: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Record> {
+        let mut pieces: Vec<(usize, Vec<u8>)> = Vec::new();
+        let (mut a, mut r, mut e) = (None, None, None);
+        for (k, v) in fields {
+            match k.as_slice() {
+                b"a" => a = Some(v),
+                b"r" => r = Some(v),
+                b"e" => e = int_of(&v),
+                k => {
+                    if let Some(i) = std::str::from_utf8(k).ok().and_then(|k| k.parse().ok()) {
+                        pieces.push((i, v));
+                    }
+                }
+            }
+        }
+        pieces.sort_by_key(|(i, _)| *i);
+        Some(Record {
+            meta: pieces.into_iter().flat_map(|(_, v)| v).collect(),
+            a: a?,
+            r: r?,
+            e,
+        })
+    }
+
+    fn access_hash(&self) -> Option<TokenHash> {
+        TokenHash::from_slice(self.a.get(..32)?)
+    }
+
+    fn access_expires_at(&self) -> StoreResult<i64> {
+        from_be5(self.a.get(32..).unwrap_or_default()).ok_or_else(|| corrupt("grant record"))
+    }
+
+    fn grant(&self, grant_id: &str) -> StoreResult<Grant> {
+        let mut g = unpack_meta(&self.meta)?;
+        let refresh_exp = from_be5(self.r.get(32..).unwrap_or_default())
+            .ok_or_else(|| corrupt("grant record"))?;
+        g.grant_id = grant_id.to_owned();
+        g.expires_at = self.e.unwrap_or(refresh_exp);
+        g.last_used = self.a.get(37..).and_then(from_be5);
+        Ok(g)
+    }
+}
+
+/// Shared by the scripts that read a grant's packed fields back.
+const LUA_HELPERS: &str = r"
+local function meta(k)
+  local parts, i = {}, 0
+  while true do
+    local piece = redis.call('HGET', k, tostring(i))
+    if not piece then break end
+    parts[#parts + 1] = piece
+    i = i + 1
+  end
+  return table.concat(parts)
+end
+local function t5(v, at)
+  local n = 0
+  for i = at, at + 4 do n = n * 256 + string.byte(v, i) end
+  return n
+end
+";
+
 const CREATE_GRANT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'm', ARGV[1], 'a', ARGV[2], 'ae', ARGV[3], 'r', ARGV[4], 're', ARGV[5], 'e', ARGV[6])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'l', ARGV[7]) end
-redis.call('EXPIREAT', KEYS[1], ARGV[6])
+redis.call('HSET', KEYS[1], 'a', ARGV[1], 'r', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[3]) end
+for i = 5, #ARGV do redis.call('HSET', KEYS[1], tostring(i - 5), ARGV[i]) end
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
 return 1
 ";
 
@@ -187,50 +412,69 @@ redis.call('HDEL', KEYS[1], 'd')
 return c[2]
 ";
 
-// {verdict, meta, last_used, access_exp, refresh_exp}; verdicts: 0 unknown,
-// 1 expired, 2 rotated, 3 repeated, 4 reused.
+// ARGV: presented, new a, new r, now (5 bytes), new expiry, now, grace,
+// successor refresh hash. Replies {verdict, meta, a, r}; verdicts:
+// 0 unknown, 1 expired, 2 rotated, 3 repeated, 4 reused.
 const ROTATE: &str = r"
-local g = redis.call('HMGET', KEYS[1], 'm', 'r', 're', 't', 'ae', 'l')
-if not g[1] then return {'0'} end
+local a = redis.call('HGET', KEYS[1], 'a')
+local r = redis.call('HGET', KEYS[1], 'r')
+if not a or not r then return {'0'} end
 local now = tonumber(ARGV[6])
-if now >= tonumber(g[3]) then return {'1'} end
-if g[2] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'a', ARGV[2], 'ae', ARGV[3], 'r', ARGV[4], 're', ARGV[5], 't', ARGV[6], 'e', ARGV[5])
+if now >= t5(r, 33) then return {'1'} end
+local current = string.sub(r, 1, 32)
+if current == ARGV[1] then
+  a = ARGV[2] .. string.sub(a, 38)
+  r = ARGV[3] .. ARGV[4]
+  redis.call('HSET', KEYS[1], 'a', a, 'r', r)
+  redis.call('HDEL', KEYS[1], 'e')
   redis.call('EXPIREAT', KEYS[1], ARGV[5])
-  return {'2', g[1], g[6] or ''}
+  return {'2', meta(KEYS[1]), a, r}
 end
-if g[2] == ARGV[4] and g[4] and now - tonumber(g[4]) <= tonumber(ARGV[7]) then
-  return {'3', g[1], g[6] or '', g[5], g[3]}
+if current == ARGV[8] and #r >= 42 and now - t5(r, 38) <= tonumber(ARGV[7]) then
+  return {'3', meta(KEYS[1]), a, r}
 end
 return {'4'}
 ";
 
-// {tokens removed, grant meta or '', code payload or ''}
+// Replies {tokens removed, grant meta or '', code payload or ''}. One
+// HGETALL instead of a call per field: this runs once per revoked grant.
 const REVOKE: &str = r"
-local g = redis.call('HMGET', KEYS[1], 'm', 'a')
-local c = redis.call('HGET', KEYS[2], 'd')
-local n = 0
-if g[1] then
-  n = n + 1
-  if g[2] then n = n + 1 end
+local n, pieces, a, r = 0, {}, nil, nil
+local f = redis.call('HGETALL', KEYS[1])
+for i = 1, #f, 2 do
+  local k, v = f[i], f[i + 1]
+  if k == 'a' then a = v
+  elseif k == 'r' then r = v
+  elseif k ~= 'e' and k ~= 'x' then pieces[tonumber(k) + 1] = v end
 end
+local m = ''
+if a and r then
+  n = 1
+  if string.sub(a, 1, 32) ~= string.rep('\0', 32) then n = 2 end
+  m = table.concat(pieces)
+end
+local c = redis.call('HGET', KEYS[2], 'd')
 if c then n = n + 1 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'x', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {tostring(n), g[1] or '', c or ''}
+return {tostring(n), m, c or ''}
 ";
 
+// Zeroes the hash but keeps the expiry and last use the field carries; no
+// token hashes to zero.
 const REVOKE_ACCESS: &str = r"
-if redis.call('HGET', KEYS[1], 'a') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'a')
+local a = redis.call('HGET', KEYS[1], 'a')
+if a and string.sub(a, 1, 32) == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'a', string.rep('\0', 32) .. string.sub(a, 33))
   return 1
 end
 return 0
 ";
 
 const TOUCH: &str = r"
-if redis.call('HEXISTS', KEYS[1], 'm') == 1 then redis.call('HSET', KEYS[1], 'l', ARGV[1]) end
+local a = redis.call('HGET', KEYS[1], 'a')
+if a then redis.call('HSET', KEYS[1], 'a', string.sub(a, 1, 37) .. ARGV[1]) end
 return 0
 ";
 
@@ -255,7 +499,6 @@ struct Scripts {
     create_grant: Script,
     consume_code: Script,
     rotate: Script,
-    revoke: Script,
     revoke_access: Script,
     touch: Script,
     index_add: Script,
@@ -320,8 +563,7 @@ impl RedisStore {
             scripts: Scripts {
                 create_grant: Script::new(CREATE_GRANT),
                 consume_code: Script::new(CONSUME_CODE),
-                rotate: Script::new(ROTATE),
-                revoke: Script::new(REVOKE),
+                rotate: Script::new(&format!("{LUA_HELPERS}{ROTATE}")),
                 revoke_access: Script::new(REVOKE_ACCESS),
                 touch: Script::new(TOUCH),
                 index_add: Script::new(INDEX_ADD),
@@ -335,12 +577,14 @@ impl RedisStore {
         self.conn.clone()
     }
 
+    /// `P{<grant id>}`: no letter tag, as grant ids never contain `:`;
+    /// the shorter name keeps the key in a smaller allocation class.
     pub fn grant_key(&self, grant_id: &str) -> String {
-        format!("{}{{g:{grant_id}}}", self.prefix)
+        format!("{}{{{grant_id}}}", self.prefix)
     }
 
     pub fn code_key(&self, grant_id: &str) -> String {
-        format!("{}{{g:{grant_id}}}:c", self.prefix)
+        format!("{}{{{grant_id}}}:c", self.prefix)
     }
 
     pub fn user_key(&self, user_id: &str) -> String {
@@ -382,13 +626,15 @@ impl RedisStore {
             self.session_key(&grant.session_id),
             self.client_index_key(&grant.client_id),
         ];
+        let id = gid_bytes(&grant.grant_id)?;
         try_join_all(keys.iter().map(|k| {
             let mut conn = self.conn.clone();
             let script = &self.scripts.index_add;
+            let id = &id;
             async move {
                 script
                     .key(k)
-                    .arg(&grant.grant_id)
+                    .arg(id)
                     .arg(grant.expires_at)
                     .invoke_async::<i64>(&mut conn)
                     .await
@@ -398,24 +644,44 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Revokes one grant (and its pending code); returns what it removed and
-    /// the grant's record, so the caller can clean the other indexes.
-    async fn revoke_one(&self, grant_id: &str) -> StoreResult<(Revoked, Option<Grant>)> {
-        let mut conn = self.conn.clone();
-        let reply: Vec<Vec<u8>> = self
-            .scripts
-            .revoke
-            .key(self.grant_key(grant_id))
-            .key(self.code_key(grant_id))
-            .arg(TOMBSTONE_SECS)
-            .invoke_async(&mut conn)
-            .await?;
-        let [n, meta, code] = reply.as_slice() else {
+    /// Runs independent single-key commands: one pipeline on a standalone
+    /// server, concurrent requests on a cluster (a cluster pipeline must stay
+    /// within one slot).
+    async fn run_all<T: FromRedisValue>(&self, cmds: Vec<Cmd>) -> StoreResult<Vec<T>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Value> = match &self.conn {
+            Conn::Standalone(c) => {
+                let mut pipe = redis::pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                pipe.query_async(&mut c.clone()).await?
+            }
+            Conn::Cluster(c) => {
+                try_join_all(cmds.iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<Value>(&mut c).await }
+                }))
+                .await?
+            }
+        };
+        values
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).map_err(|e| StoreError(format!("redis: {e}"))))
+            .collect()
+    }
+
+    /// What the revoke script removed for one grant, and the grant's record
+    /// (or its pending code's), so the caller can clean the other indexes.
+    fn revoke_reply(grant_id: &str, reply: &[Vec<u8>]) -> StoreResult<(Revoked, Option<Grant>)> {
+        let [n, meta, code] = reply else {
             return Err(corrupt("revoke"));
         };
         let tokens = int_of(n).ok_or_else(|| corrupt("revoke"))? as u64;
         let grant = if !meta.is_empty() {
-            Some(Meta::parse(meta)?.into_grant(grant_id, 0, None))
+            Some(unpack_meta(meta)?)
         } else if !code.is_empty() {
             let pending: PendingCode = serde_json::from_slice(code)
                 .map_err(|e| StoreError(format!("corrupt code record: {e}")))?;
@@ -434,71 +700,89 @@ impl RedisStore {
         Ok((revoked, grant))
     }
 
-    /// Revokes grants and removes them from every index that lists them.
-    async fn revoke_many(&self, grant_ids: &[String]) -> StoreResult<Revoked> {
-        let results = try_join_all(grant_ids.iter().map(|g| self.revoke_one(g))).await?;
+    /// Revokes grants and removes them from every index that lists them,
+    /// and from `walked` (the index they were found in) in any case.
+    async fn revoke_many(
+        &self,
+        grant_ids: &[String],
+        walked: Option<&str>,
+    ) -> StoreResult<Revoked> {
+        // EVAL rather than EVALSHA: pipelined commands cannot recover from
+        // NOSCRIPT one by one, and Redis caches the compiled script anyway.
+        let cmds = grant_ids
+            .iter()
+            .map(|g| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(REVOKE)
+                    .arg(2)
+                    .arg(self.grant_key(g))
+                    .arg(self.code_key(g))
+                    .arg(TOMBSTONE_SECS);
+                cmd
+            })
+            .collect();
+        let replies: Vec<Vec<Vec<u8>>> = self.run_all(cmds).await?;
+        let results = replies
+            .iter()
+            .zip(grant_ids)
+            .map(|(reply, g)| Self::revoke_reply(g, reply))
+            .collect::<StoreResult<Vec<_>>>()?;
         let mut out = Revoked::default();
-        let mut unindex: Vec<(String, Vec<&str>)> = Vec::new();
+        let mut unindex: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
         for ((revoked, grant), id) in results.into_iter().zip(grant_ids) {
             out.merge(revoked);
+            let id = gid_bytes(id)?;
+            let mut keys: Vec<String> = walked.map(str::to_owned).into_iter().collect();
             if let Some(g) = grant {
-                for key in [
+                keys.extend([
                     self.user_key(&g.user_id),
                     self.session_key(&g.session_id),
                     self.client_index_key(&g.client_id),
-                ] {
-                    match unindex.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, ids)) => ids.push(id),
-                        None => unindex.push((key, vec![id])),
-                    }
-                }
+                ]);
+            }
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                unindex.entry(key).or_default().push(id.clone());
             }
         }
-        try_join_all(unindex.iter().map(|(key, ids)| {
-            let mut conn = self.conn.clone();
-            async move {
-                redis::cmd("HDEL")
-                    .arg(key)
-                    .arg(ids)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            }
-        }))
-        .await?;
+        let cmds = unindex
+            .iter()
+            .map(|(key, ids)| {
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(key).arg(ids);
+                cmd
+            })
+            .collect();
+        self.run_all::<i64>(cmds).await?;
         Ok(out)
     }
 
     async fn revoke_index(&self, index: Index, id: &str) -> StoreResult<Revoked> {
         let key = self.index_key(index, id);
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await?;
-        if ids.is_empty() {
+        let entries: Vec<Vec<u8>> = redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await?;
+        if entries.is_empty() {
             return Ok(Revoked::default());
         }
-        let out = self.revoke_many(&ids).await?;
-        // Entries whose record was already gone were not cleaned above.
-        redis::cmd("HDEL")
-            .arg(&key)
-            .arg(&ids)
-            .query_async::<i64>(&mut conn)
+        let ids: Vec<String> = entries.iter().map(|e| gid_string(e)).collect();
+        self.revoke_many(&ids, Some(&key)).await
+    }
+
+    async fn read_record(&self, grant_id: &str) -> StoreResult<Option<Record>> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(self.grant_key(grant_id))
+            .query_async(&mut conn)
             .await?;
-        Ok(out)
+        Ok(Record::from_fields(fields))
     }
 
     async fn read_grant(&self, grant_id: &str) -> StoreResult<Option<Grant>> {
-        let mut conn = self.conn.clone();
-        let [m, e, l]: [Option<Vec<u8>>; 3] = redis::cmd("HMGET")
-            .arg(self.grant_key(grant_id))
-            .arg(&["m", "e", "l"])
-            .query_async(&mut conn)
-            .await?;
-        let Some(m) = m else { return Ok(None) };
-        let e = opt_int(e.as_ref()).ok_or_else(|| corrupt("grant"))?;
-        Ok(Some(Meta::parse(&m)?.into_grant(
-            grant_id,
-            e,
-            opt_int(l.as_ref()),
-        )))
+        self.read_record(grant_id)
+            .await?
+            .map(|r| r.grant(grant_id))
+            .transpose()
     }
 }
 
@@ -620,22 +904,32 @@ impl Store for RedisStore {
     async fn create_grant(&self, grant: &Grant, tokens: &TokenPair) -> StoreResult<bool> {
         self.bounded(async {
             self.index_grant(grant).await?;
-            let meta =
-                serde_json::to_vec(&Meta::of(grant)).map_err(|e| StoreError(e.to_string()))?;
+            let mut a = tokens.access.0.to_vec();
+            a.extend_from_slice(&be5(tokens.access_expires_at));
+            if let Some(used) = grant.last_used {
+                a.extend_from_slice(&be5(used));
+            }
+            let mut r = tokens.refresh.0.to_vec();
+            r.extend_from_slice(&be5(tokens.refresh_expires_at));
+            let e = if grant.expires_at == tokens.refresh_expires_at {
+                String::new()
+            } else {
+                grant.expires_at.to_string()
+            };
+            let meta = pack_meta(grant);
             let mut conn = self.conn.clone();
-            let created: i64 = self
+            let mut call = self
                 .scripts
                 .create_grant
-                .key(self.grant_key(&grant.grant_id))
-                .arg(meta)
-                .arg(&tokens.access.0[..])
-                .arg(tokens.access_expires_at)
-                .arg(&tokens.refresh.0[..])
-                .arg(tokens.refresh_expires_at)
-                .arg(grant.expires_at)
-                .arg(grant.last_used.map(|l| l.to_string()).unwrap_or_default())
-                .invoke_async(&mut conn)
-                .await?;
+                .key(self.grant_key(&grant.grant_id));
+            call.arg(a)
+                .arg(r)
+                .arg(e)
+                .arg(grant.expires_at.max(tokens.refresh_expires_at));
+            for piece in meta.chunks(PIECE) {
+                call.arg(piece);
+            }
+            let created: i64 = call.invoke_async(&mut conn).await?;
             Ok(created == 1)
         })
         .await
@@ -647,24 +941,15 @@ impl Store for RedisStore {
         access: &TokenHash,
     ) -> StoreResult<Option<AccessView>> {
         self.bounded(async {
-            let mut conn = self.conn.clone();
-            let fields: [Option<Vec<u8>>; 5] = redis::cmd("HMGET")
-                .arg(self.grant_key(grant_id))
-                .arg(&["m", "a", "ae", "e", "l"])
-                .query_async(&mut conn)
-                .await?;
-            let [Some(m), Some(a), ae, e, l] = fields else {
+            let Some(record) = self.read_record(grant_id).await? else {
                 return Ok(None);
             };
-            if TokenHash::from_slice(&a) != Some(*access) {
+            if record.access_hash() != Some(*access) {
                 return Ok(None);
             }
-            let (Some(ae), Some(e)) = (opt_int(ae.as_ref()), opt_int(e.as_ref())) else {
-                return Err(corrupt("lookup_access"));
-            };
             Ok(Some(AccessView {
-                grant: Meta::parse(&m)?.into_grant(grant_id, e, opt_int(l.as_ref())),
-                access_expires_at: ae,
+                grant: record.grant(grant_id)?,
+                access_expires_at: record.access_expires_at()?,
             }))
         })
         .await
@@ -677,43 +962,54 @@ impl Store for RedisStore {
     ) -> StoreResult<RotateOutcome> {
         self.bounded(async {
             let s = &rotation.successor;
+            let mut a = s.access.0.to_vec();
+            a.extend_from_slice(&be5(s.access_expires_at));
+            let mut r = s.refresh.0.to_vec();
+            r.extend_from_slice(&be5(s.refresh_expires_at));
             let mut conn = self.conn.clone();
             let reply: Vec<Vec<u8>> = self
                 .scripts
                 .rotate
                 .key(self.grant_key(grant_id))
                 .arg(&rotation.presented.0[..])
-                .arg(&s.access.0[..])
-                .arg(s.access_expires_at)
-                .arg(&s.refresh.0[..])
+                .arg(a)
+                .arg(r)
+                .arg(&be5(rotation.now)[..])
                 .arg(s.refresh_expires_at)
                 .arg(rotation.now)
                 .arg(rotation.grace_secs)
+                .arg(&s.refresh.0[..])
                 .invoke_async(&mut conn)
                 .await?;
-            let verdict = reply.first().and_then(|v| int_of(v));
-            let last_used = |i: usize| reply.get(i).and_then(|b| int_of(b));
-            Ok(match (verdict, reply.as_slice()) {
-                (Some(0), _) => RotateOutcome::Unknown,
-                (Some(1), _) => RotateOutcome::Expired,
-                (Some(2), [_, m, _]) => {
-                    let grant =
-                        Meta::parse(m)?.into_grant(grant_id, s.refresh_expires_at, last_used(2));
+            let record = |reply: &[Vec<u8>]| match reply {
+                [_, meta, a, r] => Ok(Record {
+                    meta: meta.clone(),
+                    a: a.clone(),
+                    r: r.clone(),
+                    e: None,
+                }),
+                _ => Err(corrupt("rotate")),
+            };
+            Ok(match reply.first().and_then(|v| int_of(v)) {
+                Some(0) => RotateOutcome::Unknown,
+                Some(1) => RotateOutcome::Expired,
+                Some(2) => {
+                    let grant = record(&reply)?.grant(grant_id)?;
+                    // The grant now lives longer: so must its index entries.
                     self.index_grant(&grant).await?;
                     RotateOutcome::Rotated { grant }
                 }
-                (Some(3), [_, m, _, ae, re]) => {
-                    let (Some(ae), Some(re)) = (int_of(ae), int_of(re)) else {
-                        return Err(corrupt("rotate"));
-                    };
+                Some(3) => {
+                    let record = record(&reply)?;
+                    let grant = record.grant(grant_id)?;
                     RotateOutcome::Repeated {
-                        grant: Meta::parse(m)?.into_grant(grant_id, re, last_used(2)),
-                        access_expires_at: ae,
-                        refresh_expires_at: re,
+                        access_expires_at: record.access_expires_at()?,
+                        refresh_expires_at: grant.expires_at,
+                        grant,
                     }
                 }
-                (Some(4), _) => RotateOutcome::Reused {
-                    revoked: self.revoke_many(&[grant_id.to_owned()]).await?,
+                Some(4) => RotateOutcome::Reused {
+                    revoked: self.revoke_many(&[grant_id.to_owned()], None).await?,
                 },
                 _ => return Err(corrupt("rotate")),
             })
@@ -729,8 +1025,11 @@ impl Store for RedisStore {
         self.bounded(async {
             let key = self.user_key(user_id);
             let mut conn = self.conn.clone();
-            let ids: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await?;
-            let probes = try_join_all(ids.iter().map(|id| async move {
+            let entries: Vec<Vec<u8>> =
+                redis::cmd("HKEYS").arg(&key).query_async(&mut conn).await?;
+            let probes = try_join_all(entries.iter().map(|entry| async move {
+                let id = gid_string(entry);
+                let id = &id;
                 let grant = self.read_grant(id).await?;
                 let mut conn = self.conn.clone();
                 let pending: bool = match grant {
@@ -742,15 +1041,15 @@ impl Store for RedisStore {
                             .await?
                     }
                 };
-                StoreResult::Ok((id, grant, pending))
+                StoreResult::Ok((entry, grant, pending))
             }))
             .await?;
             // Entries of codes never exchanged and of grants that expired
             // would otherwise pile up in an active user's index.
-            let stale: Vec<&String> = probes
+            let stale: Vec<&Vec<u8>> = probes
                 .iter()
                 .filter(|(_, _, live)| !live)
-                .map(|(id, _, _)| *id)
+                .map(|(entry, _, _)| *entry)
                 .collect();
             if !stale.is_empty() {
                 redis::cmd("HDEL")
@@ -783,7 +1082,7 @@ impl Store for RedisStore {
                     self.scripts
                         .touch
                         .key(key)
-                        .arg(*at)
+                        .arg(&be5(*at)[..])
                         .invoke_async::<i64>(&mut conn)
                         .await
                 }
@@ -810,7 +1109,8 @@ impl Store for RedisStore {
     }
 
     async fn revoke_grant(&self, grant_id: &str) -> StoreResult<Revoked> {
-        self.bounded(self.revoke_many(&[grant_id.to_owned()])).await
+        self.bounded(self.revoke_many(&[grant_id.to_owned()], None))
+            .await
     }
 
     async fn revoke_user(&self, user_id: &str) -> StoreResult<Revoked> {
@@ -868,5 +1168,50 @@ impl Store for RedisStore {
 
     async fn sweep(&self, _now: i64) -> StoreResult<u64> {
         Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Grant {
+        Grant {
+            grant_id: String::new(),
+            user_id: "0b9d6c2e-7f1a-4c3b-9e8d-2a1f0c4b5d6e".into(),
+            email: None,
+            session_id: "not-a-uuid".into(),
+            client_id: "https://client.example.com/".to_owned() + &"x".repeat(300),
+            scopes: vec!["notes:read".into(), "notes:write".into()],
+            services: vec![],
+            resource: "http://127.0.0.1:8080/mcp/notes".into(),
+            created_at: 1_700_000_000,
+            last_used: None,
+            session_exp: 1_600_000_000,
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn packed_grant_fields_round_trip() {
+        let g = sample();
+        assert_eq!(unpack_meta(&pack_meta(&g)).unwrap(), g);
+        let upper = Grant {
+            user_id: g.user_id.to_uppercase(),
+            email: Some("a@b.c".into()),
+            ..g
+        };
+        assert_eq!(unpack_meta(&pack_meta(&upper)).unwrap(), upper);
+        assert!(unpack_meta(&pack_meta(&upper)[..10]).is_err());
+    }
+
+    #[test]
+    fn times_and_grant_ids_round_trip() {
+        for t in [0, 1, 1_700_000_000, (1 << 40) - 1] {
+            assert_eq!(from_be5(&be5(t)), Some(t));
+        }
+        let id = token::new_grant_id();
+        assert_eq!(gid_string(&gid_bytes(&id).unwrap()), id);
+        assert!(gid_bytes("short").is_err());
     }
 }
