@@ -381,6 +381,37 @@ mod tests {
     }
 
     #[test]
+    fn allow_list_and_scheme_are_enforced_before_any_fetch() {
+        let config = OAuthConfig {
+            cimd_allowed_hosts: vec!["claude.ai".into()],
+            ..OAuthConfig::default()
+        };
+        let fetcher = DocumentFetcher::new(&config);
+        assert!(
+            fetcher
+                .check_url("https://claude.ai/oauth/claude-code-client-metadata")
+                .is_ok()
+        );
+        assert!(matches!(
+            fetcher.check_url("https://evil.example/x"),
+            Err(DocumentError::HostNotAllowed)
+        ));
+        let open = DocumentFetcher::new(&OAuthConfig::default());
+        assert!(matches!(
+            open.check_url("http://client.example/x"),
+            Err(DocumentError::BadUrl(_))
+        ));
+        assert!(matches!(
+            open.check_url("http://127.0.0.1:8000/x"),
+            Err(DocumentError::BadUrl(_))
+        ));
+        assert!(matches!(
+            open.check_url("https://[fd00::1]/x"),
+            Err(DocumentError::PrivateAddress(_))
+        ));
+    }
+
+    #[test]
     fn cache_lifetime_is_bounded() {
         let mut h = reqwest::header::HeaderMap::new();
         assert_eq!(cache_ttl(&h), MIN_CACHE);

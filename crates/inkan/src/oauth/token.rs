@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{OAuthError, Params, client, now};
+use crate::identity::Liveness;
 use crate::server::AppState;
 use crate::store::token::{grant_id_of, mint, successor};
 use crate::store::{
@@ -166,6 +167,31 @@ async fn exchange_code(
     Ok(respond(&access.token, &refresh.token, access_exp, &grant))
 }
 
+/// A grant whose Hanko session has ended (logout, admin revocation, user
+/// deletion) is revoked at its next refresh. When the admin API cannot be
+/// reached the refresh proceeds: tokens stay bound to the session's `exp`,
+/// and webhooks deliver session ends as well.
+async fn session_still_alive(state: &AppState, grant: &Grant) -> Result<(), OAuthError> {
+    match state
+        .identity
+        .session_alive(&grant.user_id, &grant.session_id)
+        .await
+    {
+        Ok(Liveness::Gone) => {
+            let revoked = state.store.revoke_grant(&grant.grant_id).await?;
+            crate::revocation::announce(state, &revoked).await;
+            Err(OAuthError::InvalidGrant(
+                "the sign-in session behind this grant has ended".into(),
+            ))
+        }
+        Ok(Liveness::Alive | Liveness::NotChecked) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, grant_id = %grant.grant_id, "session liveness unknown; refreshing anyway");
+            Ok(())
+        }
+    }
+}
+
 async fn refresh(
     state: &AppState,
     client: &Client,
@@ -185,6 +211,9 @@ async fn refresh(
         return Err(invalid());
     }
     check_resource(params, &grant)?;
+    if state.config.hanko.admin_api_url.is_some() {
+        session_still_alive(state, &grant).await?;
+    }
     if let Some(scope) = params.get("scope") {
         let unknown_to_inkan = |s: &str| {
             !state

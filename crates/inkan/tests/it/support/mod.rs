@@ -1,4 +1,5 @@
 //! Shared test support: real servers started on free ports.
 
+pub mod app;
 pub mod gateway;
 pub mod redis;
