@@ -5,17 +5,23 @@
 //! configured ids, outcomes and error kinds are enums. Nothing derived from a
 //! request (tokens, users, clients) ever becomes a label.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::identity::Identity;
 use crate::server::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,14 +130,14 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics::new(Vec::new())
+        Metrics::new(None)
     }
 }
 
 impl Metrics {
-    /// `collectors` contribute metrics owned elsewhere (e.g. Hanko JWKS
-    /// counters), read at scrape time.
-    pub fn new(collectors: Vec<Box<dyn Collector>>) -> Metrics {
+    /// With `identity`, its JWKS counters are published too (read at scrape
+    /// time; identity owns them).
+    pub fn new(identity: Option<Arc<Identity>>) -> Metrics {
         let mut registry = Registry::with_prefix("inkan");
         let http_requests = Family::default();
         registry.register(
@@ -170,8 +176,8 @@ impl Metrics {
             "Requests that got no response from the upstream, by service and kind",
             upstream_errors.clone(),
         );
-        for c in collectors {
-            registry.register_collector(c);
+        if let Some(identity) = identity {
+            registry.register_collector(Box::new(JwksCounters(identity)));
         }
         Metrics {
             registry,
@@ -196,6 +202,47 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Hanko JWKS fetches, failures and cache hits, as counted by [`Identity`].
+struct JwksCounters(Arc<Identity>);
+
+impl std::fmt::Debug for JwksCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwksCounters")
+    }
+}
+
+impl Collector for JwksCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.jwks_stats();
+        for (name, help, value) in [
+            (
+                "hanko_jwks_fetches",
+                "JWKS requests sent to Hanko",
+                &stats.fetches,
+            ),
+            (
+                "hanko_jwks_failures",
+                "JWKS requests that failed",
+                &stats.failures,
+            ),
+            (
+                "hanko_jwks_cache_hits",
+                "Key lookups answered from the JWKS cache",
+                &stats.hits,
+            ),
+        ] {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (the
 //! store answers and Hanko's keys are loaded), `/metrics` (Prometheus text).
 
+use std::sync::atomic::Ordering;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -24,6 +26,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "not ready: store unavailable");
         return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response();
+    }
+    // A fetch that did not fail is a JWKS that loaded: until then no Hanko
+    // session can be verified, so sign-in cannot work.
+    let jwks = state.identity.jwks_stats();
+    if jwks.fetches.load(Ordering::Relaxed) <= jwks.failures.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Hanko keys not loaded\n").into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
 }

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use axum::http::HeaderValue;
 use moka::sync::Cache;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::Config;
 use crate::identity::{Identity, Liveness};
@@ -117,6 +118,9 @@ pub struct Validator {
     store: SharedStore,
     toucher: Arc<Toucher>,
     metrics: Arc<Metrics>,
+    /// Cache hit and miss counters, looked up once rather than per request.
+    hits: Counter,
+    misses: Counter,
     /// `None` when `gateway.cache_capacity` is 0.
     cache: Option<Cache<String, Arc<Entry>>>,
     /// Bumped by every invalidation, so that a store lookup that started
@@ -141,7 +145,10 @@ impl Validator {
                 .time_to_live(g.cache_ttl)
                 .build()
         });
+        let counter = |result| metrics.cache.get_or_create(&CacheLabels { result }).clone();
         Validator {
+            hits: counter(CacheResult::Hit),
+            misses: counter(CacheResult::Miss),
             store,
             toucher,
             metrics,
@@ -296,10 +303,10 @@ impl Validator {
 
     fn count_cache(&self, result: CacheResult) {
         if self.cache.is_some() {
-            self.metrics
-                .cache
-                .get_or_create(&CacheLabels { result })
-                .inc();
+            match result {
+                CacheResult::Hit => self.hits.inc(),
+                CacheResult::Miss => self.misses.inc(),
+            };
         }
     }
 

@@ -14,11 +14,16 @@ use bytes::Bytes;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::header;
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::support::gateway::{self, TestGateway, now};
+use crate::support::redis::{RedisServer, unique_prefix};
 
 /// An upstream MCP endpoint at `/mcp` that records what it received:
 /// `POST` answers a JSON-RPC result, `GET` streams two SSE events and sends
@@ -27,12 +32,29 @@ struct TestUpstream {
     url: String,
     seen: Arc<Mutex<Vec<HeaderMap>>>,
     release: Arc<Notify>,
+    /// Notified when an SSE stream is dropped by the upstream's server,
+    /// i.e. when the connection to it is gone.
+    stream_dropped: Arc<Notify>,
+}
+
+struct DropSignal(Arc<Notify>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 async fn test_upstream() -> TestUpstream {
     let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
     let release = Arc::new(Notify::new());
-    let (s1, s2, r) = (seen.clone(), seen.clone(), release.clone());
+    let stream_dropped = Arc::new(Notify::new());
+    let (s1, s2, r, d) = (
+        seen.clone(),
+        seen.clone(),
+        release.clone(),
+        stream_dropped.clone(),
+    );
     let app = Router::new().route(
         "/mcp",
         post(move |headers: HeaderMap, body: Bytes| async move {
@@ -52,8 +74,10 @@ async fn test_upstream() -> TestUpstream {
         })
         .get(move |headers: HeaderMap| async move {
             s2.lock().unwrap().push(headers);
+            let signal = Arc::new(DropSignal(d.clone()));
             let stream = futures_util::stream::unfold(0u8, move |step| {
                 let release = r.clone();
+                let _alive = signal.clone();
                 async move {
                     match step {
                         0 => Some((Ok::<_, Infallible>(Bytes::from("data: first\n\n")), 1)),
@@ -74,7 +98,12 @@ async fn test_upstream() -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    TestUpstream { url, seen, release }
+    TestUpstream {
+        url,
+        seen,
+        release,
+        stream_dropped,
+    }
 }
 
 fn services(upstream: &str) -> String {
@@ -183,6 +212,57 @@ async fn challenges_name_the_metadata_and_scopes() {
 
     let r = call(&gw.mcp_url("nope"), Some(&token)).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// The whole path with a real MCP client and the demo MCP server: initialize
+/// (session id round trip), list tools, and `whoami`, which verifies the
+/// assertion against inkan's JWKS and reports the identity it was given.
+#[tokio::test]
+async fn mcp_client_reaches_the_demo_upstream_as_the_tokens_user() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let gw = start(&upstream).await;
+    let demo = demo_upstream::start(
+        listener,
+        demo_upstream::DemoConfig {
+            jwks_url: format!("{}/.well-known/jwks.json", gw.url),
+            audience: gw.mcp_url("notes"),
+        },
+    )
+    .await
+    .unwrap();
+    let token = gw.token(&["notes"], &["notes:read"]).await;
+
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(gw.mcp_url("notes")).auth_header(token),
+    );
+    let client = ().serve(transport).await.expect("MCP initialize through inkan");
+    let tools = client.list_all_tools().await.unwrap();
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    assert_eq!(names, ["echo", "whoami"]);
+
+    let result = client
+        .call_tool(CallToolRequestParams::new("whoami"))
+        .await
+        .unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let text = serde_json::to_value(&result.content[0]).unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(me["sub"], "user-1");
+    assert_eq!(me["email"], "ada@example.com");
+    assert_eq!(me["client_id"], "client-1");
+    assert_eq!(me["scope"], "notes:read");
+    assert_eq!(me["aud"], gw.mcp_url("notes"));
+    assert_eq!(me["headers"]["x-inkan-user"], "user-1");
+    client.cancel().await.unwrap();
+
+    for seen in demo.seen_requests() {
+        assert!(seen.get(header::AUTHORIZATION).is_none());
+    }
 }
 
 #[tokio::test]
@@ -468,6 +548,27 @@ async fn sse_events_reach_the_client_before_the_stream_ends() {
 }
 
 #[tokio::test]
+async fn client_disconnect_ends_the_upstream_stream() {
+    let up = test_upstream().await;
+    let gw = start(&up.url).await;
+    let token = gw.token(&["notes"], &["notes:read"]).await;
+    let mut r = reqwest::Client::new()
+        .get(gw.mcp_url("notes"))
+        .bearer_auth(&token)
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"data: first\n\n");
+    drop(r);
+    // The upstream stream is still waiting for its release; only a closed
+    // upstream connection drops it. The timeout only avoids a hang.
+    tokio::time::timeout(Duration::from_secs(20), up.stream_dropped.notified())
+        .await
+        .expect("upstream stream outlived the client");
+}
+
+#[tokio::test]
 async fn upstream_failures_map_to_502_and_504() {
     // Nothing listens on a port we bound and released.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -558,6 +659,32 @@ async fn oversized_bodies_are_refused_with_413() {
     socket.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(up.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_outage_is_503_never_401() {
+    let redis = tokio::task::block_in_place(RedisServer::start_new);
+    let up = test_upstream().await;
+    let gw = gateway::start(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"\n{}",
+        redis.url(),
+        unique_prefix("gateway-outage"),
+        services(&up.url)
+    ))
+    .await;
+    let token = gw.token(&["notes"], &["notes:read"]).await;
+    // Blocking, but brief: the runtime's other threads keep the app going.
+    tokio::task::block_in_place(|| redis.stop());
+    let r = call(&gw.mcp_url("notes"), Some(&token)).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    assert!(r.headers().get(header::WWW_AUTHENTICATE).is_none());
+    assert_eq!(error_of(r).await, "temporarily_unavailable");
+
+    let r = reqwest::get(format!("{}/readyz", gw.url)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let r = reqwest::get(format!("{}/healthz", gw.url)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -718,8 +845,35 @@ async fn metrics_count_requests_validations_and_cache() {
 async fn health_and_readiness() {
     let up = test_upstream().await;
     let gw = start(&up.url).await;
-    for path in ["healthz", "readyz"] {
-        let r = reqwest::get(format!("{}/{path}", gw.url)).await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{path}");
-    }
+    let get = |path: &str| reqwest::get(format!("{}/{path}", gw.url));
+    assert_eq!(get("healthz").await.unwrap().status(), StatusCode::OK);
+    // Hanko's keys never loaded: sign-in cannot work yet.
+    assert_eq!(
+        get("readyz").await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let hanko = hanko_emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        hanko_emulator::EmulatorConfig {
+            key_bits: 2048,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let gw = gateway::start_with_hanko(&services(&up.url), hanko.url()).await;
+    let r = reqwest::get(format!("{}/readyz", gw.url)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let metrics = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("inkan_hanko_jwks_fetches_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("inkan_hanko_jwks_failures_total 0"));
 }

@@ -122,12 +122,29 @@ impl TestApp {
             .await
             .expect("store opens");
         let identity = Arc::new(Identity::new(&config.hanko));
+        let toucher = Arc::new(inkan::store::touch::Toucher::spawn(
+            Arc::clone(&store),
+            config.store.touch_interval,
+        ));
+        let metrics = Arc::new(inkan::metrics::Metrics::new(Some(Arc::clone(&identity))));
+        let gateway = inkan::gateway::Gateway::new(
+            &config,
+            Arc::clone(&store),
+            toucher,
+            Arc::clone(&metrics),
+        )
+        .await
+        .expect("gateway starts");
         let state = AppState(Arc::new(Shared {
             oauth: OAuth::new(&config),
+            revocation: inkan::revocation::Revocation::new(&config),
             config,
             store,
             identity,
+            gateway,
+            metrics,
         }));
+        inkan::revocation::start(&state);
         let (stop, stopped) = oneshot::channel::<()>();
         let served = state.clone();
         tokio::spawn(async move {

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use inkan::config::Config;
 use inkan::gateway::Gateway;
+use inkan::identity::Identity;
 use inkan::metrics::Metrics;
 use inkan::server::{AppState, Shared};
 use inkan::store::token::{self, Minted};
@@ -41,6 +42,12 @@ pub fn now() -> i64 {
 /// holds the `[[services]]` and may hold `[store]` / `[gateway]` sections
 /// (without `[store]`, a fresh SQLite file in a temp dir is used).
 pub async fn start(tail: &str) -> TestGateway {
+    start_with_hanko(tail, "http://127.0.0.1:9").await
+}
+
+/// [`start`] with Hanko at `hanko_api_url` (e.g. the emulator), whose keys
+/// are fetched before this returns.
+pub async fn start_with_hanko(tail: &str, hanko_api_url: &str) -> TestGateway {
     let dir = tempfile::tempdir().expect("temp dir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -50,7 +57,7 @@ pub async fn start(tail: &str) -> TestGateway {
         public_url = "{url}"
         listen = "{addr}"
         [hanko]
-        api_url = "http://127.0.0.1:9"
+        api_url = "{hanko_api_url}"
         audience = "localhost"
         {tail}
         "#
@@ -69,7 +76,10 @@ pub async fn start(tail: &str) -> TestGateway {
         Arc::clone(&store),
         config.store.touch_interval,
     ));
-    let metrics = Arc::new(Metrics::default());
+    let identity = Arc::new(Identity::new(&config.hanko));
+    // Unreachable in most tests; readiness tests look at the outcome.
+    let _ = identity.refresh_jwks().await;
+    let metrics = Arc::new(Metrics::new(Some(Arc::clone(&identity))));
     let gateway = Gateway::new(
         &config,
         Arc::clone(&store),
@@ -79,11 +89,11 @@ pub async fn start(tail: &str) -> TestGateway {
     .await
     .expect("gateway starts");
     let state = AppState(Arc::new(Shared {
-        identity: Arc::new(inkan::identity::Identity::new(&config.hanko)),
         oauth: inkan::oauth::OAuth::new(&config),
         revocation: inkan::revocation::Revocation::new(&config),
         config,
         store,
+        identity,
         gateway,
         metrics,
     }));
