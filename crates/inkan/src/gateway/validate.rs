@@ -8,8 +8,12 @@
 //!    exactly one [`Store::lookup_access`] round trip, then cache the result.
 //! 5. Check expiry, that the service is one of the grant's, and scope.
 //!
-//! Deliberately absent: JWT verification, calls to Hanko, parsing the request
-//! body. A store failure is [`Verdict::Unavailable`] (503), never a 401.
+//! Deliberately absent: JWT verification, parsing the request body, and calls
+//! to Hanko on a cache hit. With a Hanko admin API configured, a cache miss
+//! asks whether the grant's Hanko session still exists (answers cached,
+//! single-flight; see [`Validator::check_liveness_with`]) and revokes the
+//! grant when it does not. A store failure is [`Verdict::Unavailable`]
+//! (503), never a 401.
 //!
 //! Scope rule: a service that lists scopes accepts a token carrying **at
 //! least one** of them. The gateway cannot know which MCP tool needs which
@@ -17,8 +21,8 @@
 //! assertion's `scope`) and enforces per tool. A service without scopes
 //! accepts any token granted for it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::http::HeaderValue;
@@ -26,6 +30,7 @@ use moka::sync::Cache;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::Config;
+use crate::identity::{Identity, Liveness};
 use crate::metrics::{CacheLabels, CacheResult, Metrics, Outcome};
 use crate::store::token::grant_id_of;
 use crate::store::touch::Toucher;
@@ -122,6 +127,8 @@ pub struct Validator {
     /// before a revocation does not put the revoked grant back in the cache.
     generation: AtomicU64,
     bind_to_session: bool,
+    /// Asked on cache misses whether the grant's Hanko session still exists.
+    liveness: OnceLock<Arc<Identity>>,
 }
 
 impl Validator {
@@ -148,6 +155,7 @@ impl Validator {
             cache,
             generation: AtomicU64::new(0),
             bind_to_session: config.tokens.bind_to_session,
+            liveness: OnceLock::new(),
         }
     }
 
@@ -232,6 +240,9 @@ impl Validator {
                 return Err(());
             }
         };
+        if !self.session_alive(&view).await? {
+            return Ok(None);
+        }
         let Some(access) = Access::from_view(view, self.bind_to_session) else {
             tracing::warn!(
                 grant_id,
@@ -254,6 +265,40 @@ impl Validator {
             }
         }
         Ok(Some(entry))
+    }
+
+    /// Makes cache misses check the grant's Hanko session through the admin
+    /// API (a no-op answer when none is configured). Set once at startup.
+    pub fn check_liveness_with(&self, identity: Arc<Identity>) {
+        let _ = self.liveness.set(identity);
+    }
+
+    /// `Ok(false)` when Hanko says the grant's session is gone: the grant is
+    /// revoked here and now. An unreachable admin API does not block
+    /// requests; session-bound expiry and webhooks still end the grant.
+    async fn session_alive(&self, view: &AccessView) -> Result<bool, ()> {
+        let Some(identity) = self.liveness.get() else {
+            return Ok(true);
+        };
+        let g = &view.grant;
+        match identity.session_alive(&g.user_id, &g.session_id).await {
+            Ok(Liveness::Alive | Liveness::NotChecked) => Ok(true),
+            Ok(Liveness::Gone) => match self.store.revoke_grant(&g.grant_id).await {
+                Ok(revoked) => {
+                    self.invalidate_grants(&revoked.grants);
+                    tracing::info!(grant_id = %g.grant_id, "Hanko session gone; grant revoked");
+                    Ok(false)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revoking a grant whose session is gone failed; answering 503");
+                    Err(())
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "session liveness unknown; allowing the request");
+                Ok(true)
+            }
+        }
     }
 
     fn count_cache(&self, result: CacheResult) {

@@ -18,6 +18,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Rejection;
 use crate::config::HankoConfig;
@@ -79,6 +80,14 @@ pub(crate) struct JwksCache {
     generation: AtomicU64,
     refresh: tokio::sync::Mutex<()>,
     stats: JwksStats,
+    /// Cancelled on drop, so the background refresher ends with the cache.
+    dropped: CancellationToken,
+}
+
+impl Drop for JwksCache {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
 }
 
 enum Lookup {
@@ -103,6 +112,7 @@ impl JwksCache {
             generation: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(()),
             stats: JwksStats::default(),
+            dropped: CancellationToken::new(),
         }
     }
 
@@ -344,6 +354,9 @@ fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<DecodingKey>>, JwksErro
 /// retries once per cooldown. Holds only a weak reference between rounds.
 pub(crate) fn spawn_refresher(cache: Weak<JwksCache>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let Some(dropped) = cache.upgrade().map(|c| c.dropped.clone()) else {
+            return;
+        };
         loop {
             let Some(this) = cache.upgrade() else { return };
             let seen = this.generation.load(Ordering::Acquire);
@@ -359,11 +372,17 @@ pub(crate) fn spawn_refresher(cache: Weak<JwksCache>) -> tokio::task::JoinHandle
             };
             let cooldown = this.cooldown.max(Duration::from_secs(1));
             drop(this);
-            tokio::time::sleep_until(wake).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = dropped.cancelled() => return,
+            }
             let Some(this) = cache.upgrade() else { return };
             if this.refresh_after(seen).await.is_err() {
                 drop(this);
-                tokio::time::sleep(cooldown).await;
+                tokio::select! {
+                    () = tokio::time::sleep(cooldown) => {}
+                    () = dropped.cancelled() => return,
+                }
             }
         }
     })

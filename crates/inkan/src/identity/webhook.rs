@@ -45,8 +45,10 @@ pub enum WebhookOutcome {
     Handled,
     /// A genuine event inkan does not act on.
     Ignored,
-    /// Forged, expired, replayed, or signed for another event.
+    /// Forged, expired, or signed for another event.
     Rejected(Rejection),
+    /// A token already received: a payload acts at most once.
+    Replayed,
     /// Not a webhook body, or a signed payload without the ids it needs.
     BadRequest,
     /// No [`WebhookHandler`] registered yet.
@@ -57,7 +59,7 @@ impl WebhookOutcome {
     pub fn status(self) -> StatusCode {
         match self {
             WebhookOutcome::Handled | WebhookOutcome::Ignored => StatusCode::OK,
-            WebhookOutcome::Rejected(_) => StatusCode::UNAUTHORIZED,
+            WebhookOutcome::Rejected(_) | WebhookOutcome::Replayed => StatusCode::UNAUTHORIZED,
             WebhookOutcome::BadRequest => StatusCode::BAD_REQUEST,
             WebhookOutcome::NoHandler => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -114,6 +116,7 @@ impl Identity {
             WebhookOutcome::Rejected(reason) => {
                 tracing::warn!(%reason, "Hanko webhook refused");
             }
+            WebhookOutcome::Replayed => tracing::warn!("Hanko webhook replayed; refused"),
             WebhookOutcome::BadRequest => tracing::warn!("Hanko webhook body malformed"),
             WebhookOutcome::NoHandler => {
                 tracing::error!("Hanko webhook received before a handler was registered");
@@ -151,7 +154,7 @@ impl Identity {
             return WebhookOutcome::NoHandler;
         };
         if !self.webhooks.first_sighting(&delivery.token) {
-            return WebhookOutcome::Rejected(Rejection::Malformed);
+            return WebhookOutcome::Replayed;
         }
         let data = &claims.data;
         if claims.evt == "user.delete" {

@@ -147,9 +147,14 @@ impl GrantCache for GatewayCache {
 }
 
 /// Connects revocation to the rest of the app once the state exists:
-/// registers the Hanko webhook handler and starts listening on the bus.
-/// Call once at startup, inside the runtime.
+/// registers the Hanko webhook handler, lets the gateway check session
+/// liveness on cache misses, and starts listening on the bus. Call once at
+/// startup, inside the runtime.
 pub fn start(state: &AppState) {
+    state
+        .gateway
+        .validator
+        .check_liveness_with(state.identity.clone());
     let handler = webhook::WebhookRevoker(Arc::downgrade(&state.0));
     if !state.identity.set_webhook_handler(Arc::new(handler)) {
         tracing::warn!("a Hanko webhook handler was already registered");

@@ -159,6 +159,31 @@ async fn one_jwks_fetch_per_freshness_window() {
 }
 
 #[tokio::test]
+async fn background_refresh_fetches_before_the_first_verification() {
+    let emu = emulator().await;
+    let identity = Identity::new(&hanko_config(&emu, ""));
+    let refresher = identity.start_background_refresh();
+    let fetched = async {
+        while identity.jwks_stats().fetches.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), fetched)
+        .await
+        .expect("the background task fetches the keys");
+    let user = emu.create_user("bg@example.com").unwrap();
+    let session = emu.create_session(&user.id).unwrap();
+    identity.verify(&session.jwt).await.unwrap();
+    assert_eq!(emu.jwks_requests(), 1);
+    // The task holds only a weak reference: dropping the Identity ends it.
+    drop(identity);
+    tokio::time::timeout(Duration::from_secs(20), refresher)
+        .await
+        .expect("the refresher stops with its Identity")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn unknown_kid_storm_costs_one_fetch_per_cooldown() {
     let emu = emulator().await;
     let identity = Arc::new(Identity::new(&hanko_config(&emu, "")));
@@ -567,6 +592,21 @@ async fn forged_expired_replayed_and_mismatched_webhooks_are_refused() {
         .unwrap();
     assert_eq!(oversized.status(), 413);
     assert!(rig.events.try_recv().is_err());
+
+    let token = rig.emu.sign_webhook(
+        "session.delete.passive.expire",
+        json!({"id": uuid(), "user_id": uuid()}),
+    );
+    let body = json!({"token": token, "event": "session.delete.passive.expire"}).to_string();
+    assert_eq!(
+        rig.identity.receive_webhook(body.as_bytes()).await,
+        WebhookOutcome::Handled
+    );
+    assert!(next_event(&mut rig.events).await.starts_with("session "));
+    assert_eq!(
+        rig.identity.receive_webhook(body.as_bytes()).await,
+        WebhookOutcome::Replayed
+    );
 
     // Without a registered handler the receiver says so instead of dropping events.
     let lonely = Identity::new(&hanko_config(&rig.emu, ""));

@@ -3,13 +3,734 @@
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use hanko_emulator::{Emulator, EmulatorConfig, SessionToken};
 use inkan::config::Config;
 use inkan::revocation::{GrantCache, Revocation};
+use inkan::server::AppState;
 use inkan::store::Revoked;
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 use crate::support::redis::{RedisServer, unique_prefix};
+
+// ---------------------------------------------------------------------------
+// Harness: full inkan instances (every route, the real store, the emulator as
+// Hanko, a real HTTP upstream) sharing one store.
+
+/// An MCP upstream that answers every request with 200.
+async fn upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::any(|| async {
+            (
+                [("content-type", "application/json")],
+                r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            )
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+async fn emulator(webhooks: Vec<String>) -> Emulator {
+    hanko_emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        EmulatorConfig {
+            audience: vec!["localhost".into()],
+            key_bits: 2048,
+            webhooks,
+            ..EmulatorConfig::default()
+        },
+    )
+    .await
+    .expect("emulator starts")
+}
+
+struct Instance {
+    url: String,
+    state: AppState,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A bound port for an instance that starts later (its URL goes into the
+/// emulator's webhook list first).
+async fn bind() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// Starts inkan on `listener`; `store` is a `[store]` table body (empty:
+/// a fresh SQLite file); `extra` is TOML laid over everything.
+async fn instance(
+    listener: TcpListener,
+    hanko: &Emulator,
+    upstream: &str,
+    store: &str,
+    extra: &str,
+) -> Instance {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = if store.is_empty() {
+        format!(
+            "backend = \"sqlite\"\npath = \"{}\"",
+            dir.path().join("inkan.db").display()
+        )
+    } else {
+        store.to_string()
+    };
+    let base = format!(
+        r#"
+        public_url = "http://{addr}"
+        listen = "{addr}"
+        [hanko]
+        api_url = "{hanko}"
+        audience = "localhost"
+        [store]
+        {store}
+        [gateway]
+        cache_ttl = "10m"
+        [[services]]
+        id = "notes"
+        name = "Team notes"
+        upstream = "{upstream}"
+        scopes = ["notes:read", "notes:write"]
+        "#,
+        hanko = hanko.url(),
+    );
+    let config =
+        Config::from_figment(Figment::from(Toml::string(&base)).merge(Toml::string(extra)))
+            .expect("test configuration is valid");
+    let state = inkan::server::build(config).await.unwrap();
+    state
+        .revocation
+        .bus_connected()
+        .wait_for(|c| *c)
+        .await
+        .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = state.clone();
+    tokio::spawn(async move {
+        let _ = inkan::server::run(listener, served, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    Instance {
+        url: format!("http://{addr}"),
+        state,
+        _dir: dir,
+        stop: Some(stop),
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn cookie(session: &SessionToken) -> String {
+    format!("hanko={}", session.jwt)
+}
+
+/// A new emulator user with a fresh session.
+fn sign_in(hanko: &Emulator, email: &str) -> SessionToken {
+    let user = hanko.create_user(email).unwrap();
+    hanko.create_session(&user.id).unwrap()
+}
+
+/// The hidden inputs of the first form in `html` that has them.
+fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    let unescape = |v: &str| {
+        v.replace("&#34;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#60;", "<")
+            .replace("&#62;", ">")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&#38;", "&")
+            .replace("&amp;", "&")
+    };
+    html.split("<input type=\"hidden\" ")
+        .skip(1)
+        .filter_map(|rest| {
+            let name = rest.strip_prefix("name=\"")?.split('"').next()?;
+            let value = rest.split("value=\"").nth(1)?.split('"').next()?;
+            Some((name.to_string(), unescape(value)))
+        })
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    &fields.iter().find(|(n, _)| n == name).unwrap().1
+}
+
+struct Tokens {
+    access: String,
+    refresh: String,
+    client_id: String,
+    expires_in: i64,
+}
+
+/// The whole OAuth flow a client and its user go through: registration,
+/// authorization with the Hanko session, consent, code exchange.
+async fn connect_app(inst: &Instance, session: &SessionToken, name: &str) -> Tokens {
+    let http = http();
+    let redirect_uri = "http://127.0.0.1:9/callback";
+    let reg: serde_json::Value = http
+        .post(format!("{}/oauth/register", inst.url))
+        .json(&serde_json::json!({
+            "redirect_uris": [redirect_uri],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "client_name": name,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = reg["client_id"].as_str().unwrap().to_string();
+    let mut raw = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+    let verifier = URL_SAFE_NO_PAD.encode(raw);
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let resource = format!("{}/mcp/notes", inst.url);
+    let mut authorize = url::Url::parse(&format!("{}/oauth/authorize", inst.url)).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", "st")
+        .append_pair("resource", &resource);
+    let consent = http
+        .get(authorize.as_str())
+        .header("cookie", cookie(session))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consent.status(), 200, "consent page");
+    let mut form = hidden_inputs(&consent.text().await.unwrap());
+    form.push(("service".into(), "notes".into()));
+    form.push(("decision".into(), "approve".into()));
+    let decided = http
+        .post(format!("{}/oauth/authorize", inst.url))
+        .header("cookie", cookie(session))
+        .header("origin", &inst.url)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status(), 303, "consent decision");
+    let location = url::Url::parse(decided.headers()["location"].to_str().unwrap()).unwrap();
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .to_string();
+    let tokens: serde_json::Value = http
+        .post(format!("{}/oauth/token", inst.url))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect_uri),
+            ("client_id", &client_id),
+            ("code_verifier", &verifier),
+            ("resource", &resource),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Tokens {
+        access: tokens["access_token"].as_str().unwrap().to_string(),
+        refresh: tokens["refresh_token"].as_str().unwrap().to_string(),
+        expires_in: tokens["expires_in"].as_i64().unwrap(),
+        client_id,
+    }
+}
+
+/// Status of one MCP request with `token` on `inst`.
+async fn mcp(inst: &Instance, token: &str) -> StatusCode {
+    http()
+        .post(format!("{}/mcp/notes", inst.url))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Status of a refresh with `tokens` on `inst`.
+async fn refresh(inst: &Instance, tokens: &Tokens) -> StatusCode {
+    http()
+        .post(format!("{}/oauth/token", inst.url))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &tokens.refresh),
+            ("client_id", &tokens.client_id),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Polls `inst` until `token` is refused with 401; returns how long it took.
+async fn until_refused(inst: &Instance, token: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = mcp(inst, token).await;
+        if status == StatusCode::UNAUTHORIZED {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "token still answered {status} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn logout(inst: &Instance, session: &SessionToken, origin: &str) -> reqwest::Response {
+    http()
+        .post(format!("{}/logout", inst.url))
+        .header("cookie", cookie(session))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A `[store]` body for the shared standalone Redis, isolated by prefix.
+async fn shared_redis(name: &str) -> String {
+    let url = crate::support::redis::standalone().await;
+    format!(
+        "backend = \"redis\"\nurl = \"{url}\"\nprefix = \"{}\"",
+        unique_prefix(name)
+    )
+}
+
+#[tokio::test]
+async fn logout_on_one_instance_reaches_the_other() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let store = shared_redis("logout").await;
+    let a = instance(bind().await.0, &hanko, &up, &store, "").await;
+    let b = instance(bind().await.0, &hanko, &up, &store, "").await;
+
+    let alice = sign_in(&hanko, "alice@example.com");
+    let bob = sign_in(&hanko, "bob@example.com");
+    let app = connect_app(&a, &alice, "Alice's app").await;
+    let bobs = connect_app(&a, &bob, "Bob's app").await;
+    // Validated, and so cached, on both instances.
+    for inst in [&a, &b] {
+        assert_eq!(mcp(inst, &app.access).await, 200);
+        assert_eq!(mcp(inst, &bobs.access).await, 200);
+    }
+
+    let out = logout(&a, &alice, &a.url).await;
+    assert_eq!(out.status(), 200);
+    let cleared = out.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cleared.starts_with("hanko=;")
+            && cleared.contains("Max-Age=0")
+            && cleared.contains("Path=/"),
+        "{cleared}"
+    );
+    let body: serde_json::Value = out.json().await.unwrap();
+    assert_eq!(body["revoked_grants"], 1);
+
+    let latency = until_refused(&b, &app.access, Duration::from_secs(1)).await;
+    println!("revocation reached instance B after {latency:?}");
+    assert_eq!(mcp(&a, &app.access).await, 401);
+    assert_eq!(refresh(&b, &app).await, 400, "the refresh token died too");
+    assert_eq!(refresh(&a, &app).await, 400);
+    // Bob signed in elsewhere: untouched.
+    assert_eq!(mcp(&b, &bobs.access).await, 200);
+    // The Hanko session itself was ended (best effort, but the emulator is up).
+    assert!(
+        !hanko
+            .delete_session(&alice.user_id, &alice.session_id)
+            .await
+    );
+}
+
+#[tokio::test]
+async fn logout_scope_session_spares_the_users_other_sessions() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let a = instance(
+        bind().await.0,
+        &hanko,
+        &up,
+        "",
+        "[revocation]\non_logout = \"session\"",
+    )
+    .await;
+    let user = hanko.create_user("dana@example.com").unwrap();
+    let laptop = hanko.create_session(&user.id).unwrap();
+    let phone = hanko.create_session(&user.id).unwrap();
+    let from_laptop = connect_app(&a, &laptop, "Laptop app").await;
+    let from_phone = connect_app(&a, &phone, "Phone app").await;
+    let out = logout(&a, &laptop, &a.url).await;
+    assert_eq!(out.status(), 200);
+    assert_eq!(mcp(&a, &from_laptop.access).await, 401);
+    assert_eq!(mcp(&a, &from_phone.access).await, 200);
+}
+
+#[tokio::test]
+async fn nobody_revokes_another_users_grants() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let a = instance(bind().await.0, &hanko, &up, "", "").await;
+    let alice = sign_in(&hanko, "alice@example.com");
+    let bob = sign_in(&hanko, "bob@example.com");
+    let alices = connect_app(&a, &alice, "Alice's app").await;
+    let bobs = connect_app(&a, &bob, "Bob's app").await;
+    let bob_grant = inkan::store::token::grant_id_of(inkan::store::TokenKind::Access, &bobs.access)
+        .unwrap()
+        .to_string();
+
+    // Cross-site logout: refused, nothing revoked.
+    let out = logout(&a, &alice, "https://evil.example").await;
+    assert_eq!(out.status(), 403);
+    let out = http()
+        .post(format!("{}/logout", a.url))
+        .header("cookie", cookie(&alice))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 403);
+    assert_eq!(mcp(&a, &alices.access).await, 200);
+
+    // A forged session (another Hanko's keys) naming Bob logs nobody out.
+    let other = emulator(Vec::new()).await;
+    let forged = other.sign_claims(&serde_json::json!({
+        "sub": bob.user_id, "session_id": bob.session_id, "aud": ["localhost"],
+        "iat": inkan::store::unix_now(), "exp": inkan::store::unix_now() + 600,
+    }));
+    let out = http()
+        .post(format!("{}/logout", a.url))
+        .header("cookie", format!("hanko={forged}"))
+        .header("origin", &a.url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 401);
+    assert_eq!(mcp(&a, &bobs.access).await, 200);
+
+    // Alice cannot remove Bob's app from her account page.
+    let page = http()
+        .get(format!("{}/account", a.url))
+        .header("cookie", cookie(&alice))
+        .send()
+        .await
+        .unwrap();
+    let csrf = field(&hidden_inputs(&page.text().await.unwrap()), "csrf").to_string();
+    let out = http()
+        .post(format!("{}/account/revoke", a.url))
+        .header("cookie", cookie(&alice))
+        .header("origin", &a.url)
+        .form(&[("grant", bob_grant.as_str()), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 404);
+    assert_eq!(mcp(&a, &bobs.access).await, 200);
+    // Nor with Bob's grant and ids in the logout body: only her own go.
+    let out = http()
+        .post(format!("{}/logout", a.url))
+        .header("cookie", cookie(&alice))
+        .header("origin", &a.url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={csrf}&user_id={}&session_id={}&grant={bob_grant}",
+            bob.user_id, bob.session_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(mcp(&a, &alices.access).await, 401);
+    assert_eq!(mcp(&a, &bobs.access).await, 200);
+    // A form without a valid CSRF token is refused.
+    let out = http()
+        .post(format!("{}/logout", a.url))
+        .header("cookie", cookie(&bob))
+        .header("origin", &a.url)
+        .form(&[("csrf", "AAAA")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 403);
+    assert_eq!(mcp(&a, &bobs.access).await, 200);
+}
+
+#[tokio::test]
+async fn account_page_lists_the_users_apps_and_revokes_one() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let a = instance(bind().await.0, &hanko, &up, "", "").await;
+    let alice = sign_in(&hanko, "alice@example.com");
+    let bob = sign_in(&hanko, "bob@example.com");
+    let first = connect_app(&a, &alice, "Notes Desktop").await;
+    let second = connect_app(&a, &alice, "Claude <test>").await;
+    let bobs = connect_app(&a, &bob, "Bob's app").await;
+    let grant_of = |t: &Tokens| {
+        inkan::store::token::grant_id_of(inkan::store::TokenKind::Access, &t.access)
+            .unwrap()
+            .to_string()
+    };
+
+    let signed_out = http()
+        .get(format!("{}/account", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), 303);
+    assert_eq!(
+        signed_out.headers()["location"],
+        "/login?return_to=/account"
+    );
+
+    let page = http()
+        .get(format!("{}/account", a.url))
+        .header("cookie", cookie(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let html = page.text().await.unwrap();
+    let listed: Vec<String> = hidden_inputs(&html)
+        .into_iter()
+        .filter(|(n, _)| n == "grant")
+        .map(|(_, v)| v)
+        .collect();
+    let mut expected = vec![grant_of(&first), grant_of(&second)];
+    expected.sort();
+    let mut got = listed.clone();
+    got.sort();
+    assert_eq!(got, expected, "exactly Alice's grants");
+    assert!(!html.contains(&grant_of(&bobs)));
+    assert!(html.contains("Notes Desktop") && html.contains("Claude &#60;test&#62;"));
+    assert!(html.contains("127.0.0.1") && html.contains("Team notes"));
+    assert!(html.contains("hanko-session-expired") && html.contains("hanko-user-logged-out"));
+
+    let csrf = field(&hidden_inputs(&html), "csrf").to_string();
+    let out = http()
+        .post(format!("{}/account/revoke", a.url))
+        .header("cookie", cookie(&alice))
+        .header("origin", "null")
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("grant", grant_of(&first).as_str()), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(out.headers()["location"], "/account");
+    assert_eq!(mcp(&a, &first.access).await, 401);
+    assert_eq!(refresh(&a, &first).await, 400);
+    assert_eq!(mcp(&a, &second.access).await, 200);
+    assert_eq!(mcp(&a, &bobs.access).await, 200);
+
+    // "Sign out everywhere" on the account page, then the empty state.
+    let out = http()
+        .post(format!("{}/logout", a.url))
+        .header("cookie", cookie(&alice))
+        .header("origin", &a.url)
+        .form(&[("csrf", csrf.as_str()), ("everywhere", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(out.headers()["location"], "/login");
+    assert_eq!(mcp(&a, &second.access).await, 401);
+    let carol = sign_in(&hanko, "carol@example.com");
+    let empty = http()
+        .get(format!("{}/account", a.url))
+        .header("cookie", cookie(&carol))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(empty.contains("No apps are connected"), "{empty}");
+}
+
+#[tokio::test]
+async fn hanko_webhooks_revoke_and_forgeries_do_nothing() {
+    let (listener, url) = bind().await;
+    let hanko = emulator(vec![format!("{url}/hanko/webhook")]).await;
+    let up = upstream().await;
+    let a = instance(listener, &hanko, &up, "", "").await;
+    let alice = sign_in(&hanko, "alice@example.com");
+    let bob = sign_in(&hanko, "bob@example.com");
+    let alices = connect_app(&a, &alice, "Alice's app").await;
+    let bobs = connect_app(&a, &bob, "Bob's app").await;
+
+    let other = emulator(Vec::new()).await;
+    let forged = other.sign_webhook("user.delete", serde_json::json!({"id": alice.user_id}));
+    let out = http()
+        .post(format!("{}/hanko/webhook", a.url))
+        .json(&serde_json::json!({"token": forged, "event": "user.delete"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 401);
+    assert_eq!(mcp(&a, &alices.access).await, 200);
+
+    assert!(hanko.delete_user(&alice.user_id).await);
+    assert_eq!(mcp(&a, &alices.access).await, 401);
+    assert_eq!(refresh(&a, &alices).await, 400);
+    assert_eq!(mcp(&a, &bobs.access).await, 200);
+
+    assert!(hanko.delete_session(&bob.user_id, &bob.session_id).await);
+    assert_eq!(mcp(&a, &bobs.access).await, 401);
+    assert_eq!(refresh(&a, &bobs).await, 400);
+}
+
+#[tokio::test]
+async fn tokens_die_with_their_hanko_session() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let a = instance(bind().await.0, &hanko, &up, "", "").await;
+    let user = hanko.create_user("erin@example.com").unwrap();
+    let short = hanko
+        .create_session_with_lifetime(&user.id, Duration::from_secs(3))
+        .unwrap();
+    let app = connect_app(&a, &short, "Short-lived").await;
+    assert!(
+        app.expires_in <= 3,
+        "access token outlives the session: {}",
+        app.expires_in
+    );
+    assert_eq!(mcp(&a, &app.access).await, 200);
+    // The session's `exp` passes during the test: the gateway refuses the
+    // (cached) token and the refresh token is dead too.
+    until_refused(&a, &app.access, Duration::from_secs(10)).await;
+    assert_eq!(refresh(&a, &app).await, 400);
+}
+
+#[tokio::test]
+async fn a_grant_whose_session_is_gone_dies_at_its_next_cache_miss() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let admin = format!(
+        "[hanko]\nadmin_api_url = \"{}\"\n[gateway]\ncache_capacity = 0",
+        hanko.admin_url()
+    );
+    let a = instance(bind().await.0, &hanko, &up, "", &admin).await;
+    let alice = sign_in(&hanko, "alice@example.com");
+    let app = connect_app(&a, &alice, "Alice's app").await;
+    assert_eq!(mcp(&a, &app.access).await, 200);
+    // Ended at Hanko with nobody telling inkan (no webhook configured).
+    assert!(
+        hanko
+            .delete_session(&alice.user_id, &alice.session_id)
+            .await
+    );
+    // Positive answers are cached for `hanko.liveness_cache`; poll past it.
+    until_refused(&a, &app.access, Duration::from_secs(60)).await;
+    assert_eq!(refresh(&a, &app).await, 400);
+}
+
+#[tokio::test]
+async fn instances_recover_from_a_redis_restart() {
+    let redis = Arc::new(RedisServer::start_new());
+    let store = format!(
+        "backend = \"redis\"\nurl = \"{}\"\nprefix = \"{}\"",
+        redis.url(),
+        unique_prefix("restart")
+    );
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let a = instance(bind().await.0, &hanko, &up, &store, "").await;
+    let b = instance(bind().await.0, &hanko, &up, &store, "").await;
+    let alice = sign_in(&hanko, "alice@example.com");
+    let app = connect_app(&a, &alice, "Alice's app").await;
+    assert_eq!(mcp(&b, &app.access).await, 200);
+
+    let mut b_bus = b.state.revocation.bus_connected();
+    blocking(&redis, RedisServer::stop).await;
+    b_bus.wait_for(|c| !*c).await.unwrap();
+    // The store is gone: fail closed with 503, never 401.
+    assert_eq!(mcp(&b, &app.access).await, 503);
+
+    blocking(&redis, RedisServer::start).await;
+    // Revoke at once, quite possibly before B has resubscribed; B must
+    // still stop accepting the token (its cache was flushed).
+    // The store's connections notice the restart on their first command, as
+    // a user would by retrying a logout that answered 503.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let revoked = loop {
+        match a.state.store.revoke_user(&alice.user_id).await {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "store never came back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(revoked.grants.len(), 1);
+    inkan::revocation::announce(&a.state, &revoked).await;
+    let b_was_listening = *b_bus.borrow();
+    until_refused(&b, &app.access, Duration::from_secs(10)).await;
+    println!("B was resubscribed when A revoked: {b_was_listening}");
+
+    // Both instances are back: a new grant works on both, and a logout on
+    // A now reaches B over the bus.
+    b_bus.wait_for(|c| *c).await.unwrap();
+    a.state
+        .revocation
+        .bus_connected()
+        .wait_for(|c| *c)
+        .await
+        .unwrap();
+    let again = sign_in(&hanko, "alice2@example.com");
+    let app2 = connect_app(&a, &again, "Again").await;
+    assert_eq!(mcp(&b, &app2.access).await, 200);
+    assert_eq!(logout(&a, &again, &a.url).await.status(), 200);
+    until_refused(&b, &app2.access, Duration::from_secs(1)).await;
+}
 
 #[derive(Default)]
 struct Recorder {
