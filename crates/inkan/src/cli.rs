@@ -107,9 +107,24 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG as u8)
             }
         },
-        Command::Dev { .. } => {
-            eprintln!("inkan dev: not available yet");
-            ExitCode::from(2)
+        Command::Dev {
+            data_dir,
+            port,
+            hanko_port,
+            upstream_port,
+        } => {
+            let ports = crate::dev::DevPorts {
+                gateway: port,
+                hanko: hanko_port,
+                upstream: upstream_port,
+            };
+            match runtime().block_on(crate::dev::run(&data_dir, ports)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("inkan dev: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Revoke {
             config,

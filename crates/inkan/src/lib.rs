@@ -22,6 +22,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;
