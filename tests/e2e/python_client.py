@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx2
 from mcp import ClientSession
@@ -152,8 +152,12 @@ class Person:
         action = urljoin(str(r.url), form.action or str(r.url))
         posted = await self.http.post(
             action,
-            data=body,
-            headers={"Origin": self.origin, "Referer": str(r.url)},
+            content=urlencode(body),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": self.origin,
+                "Referer": str(r.url),
+            },
         )
         check(
             posted.status_code in (302, 303),

@@ -7,6 +7,7 @@
 #   tests/e2e/run.sh [sqlite|redis|cluster|all]     (default: all)
 #
 # Logs go to target/e2e-logs/<backend>/, screenshots to target/e2e-screenshots/.
+# E2E_CLIENTS="python sdk" runs a subset of the clients (python sdk inspector browser).
 # Exits non-zero on any failure; the last line is "N passed, N failed".
 set -uo pipefail
 
@@ -25,7 +26,7 @@ esac
 # Long enough for a token exchange and a tool call, short enough that every
 # client sees its access token expire and refreshes during the run.
 ACCESS_TTL=5
-CLIENTS=(python sdk inspector browser)
+CLIENTS=(${E2E_CLIENTS:-python sdk inspector browser})
 
 bash "$e2e/setup.sh" || exit 1
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -82,11 +83,16 @@ start() {
   pids+=($!)
 }
 
+# wait_http URL WHAT: until URL answers 2xx, or the last started process exits.
 wait_http() {
-  local url="$1" what="$2"
+  local url="$1" what="$2" pid="${pids[-1]}"
   for _ in $(seq 1 150); do
     if curl -fsS -o /dev/null "$url" 2>/dev/null; then
       return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "!! $what exited before answering $url" >&2
+      return 1
     fi
     sleep 0.2
   done
@@ -155,10 +161,10 @@ nodes = [\"redis://127.0.0.1:$r1\", \"redis://127.0.0.1:$r2\", \"redis://127.0.0
       ;;
   esac
 
-  start hanko-emulator "$bin/hanko-emulator" --listen "127.0.0.1:$hp" --key-bits 2048 \
-    --audience localhost --webhook "$inkan/hanko/webhook"
   start demo-upstream "$bin/demo-upstream" --listen "127.0.0.1:$up" \
     --jwks-url "$inkan/.well-known/jwks.json" --audience "$inkan/mcp/demo"
+  start hanko-emulator "$bin/hanko-emulator" --listen "127.0.0.1:$hp" --key-bits 2048 \
+    --audience localhost --webhook "$inkan/hanko/webhook"
 
   cat >"$bwork/inkan.toml" <<EOF
 public_url = "$inkan"

@@ -10,13 +10,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use inkan::config::Config;
 use inkan::gateway::validate::Verdict;
-use inkan::server::{AppState, Shared};
+use inkan::server::AppState;
 use inkan::store::token::{mint, new_grant_id};
 use inkan::store::{Grant, TokenKind, TokenPair, unix_now};
 
@@ -41,24 +40,7 @@ async fn instance(redis: &str, prefix: &str) -> anyhow::Result<AppState> {
         "#
     ))
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = inkan::store::connect(&config.store).await?;
-    let toucher = Arc::new(inkan::store::touch::Toucher::spawn(
-        store.clone(),
-        config.store.touch_interval,
-    ));
-    let metrics = Arc::new(inkan::metrics::Metrics::default());
-    let gateway =
-        inkan::gateway::Gateway::new(&config, store.clone(), toucher, metrics.clone()).await?;
-    let state = AppState(Arc::new(Shared {
-        identity: Arc::new(inkan::identity::Identity::new(&config.hanko)),
-        oauth: inkan::oauth::OAuth::new(&config),
-        revocation: inkan::revocation::Revocation::new(&config),
-        config,
-        store,
-        gateway,
-        metrics,
-    }));
-    inkan::revocation::start(&state);
+    let state = inkan::server::build(config).await?;
     tokio::time::timeout(
         Duration::from_secs(10),
         state.revocation.bus_connected().wait_for(|c| *c),

@@ -73,6 +73,13 @@ pub fn load_config(path: Option<PathBuf>) -> Result<Config, crate::config::Confi
     Config::from_figment(Config::figment(&path, explicit)?)
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -88,10 +95,13 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => match load_config(config) {
-            Ok(_) => {
-                eprintln!("inkan serve: not available yet");
-                ExitCode::from(2)
-            }
+            Ok(c) => match runtime().block_on(crate::serve::serve(c)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("inkan serve: {e:#}");
+                    ExitCode::from(1)
+                }
+            },
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::from(EXIT_BAD_CONFIG as u8)

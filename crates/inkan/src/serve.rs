@@ -1,15 +1,13 @@
 //! Process wiring for `inkan serve`: read configuration (already validated),
 //! bind, spawn background tasks, wait for a signal, drain with a timeout.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{Config, LogConfig, LogFormat};
 
 /// Installs the global `tracing` subscriber (text or JSON lines on stderr).
 pub fn init_logging(log: &LogConfig) {
@@ -55,33 +53,17 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Serves `app` until `shutdown` resolves, then gives in-flight requests
-/// (including long SSE streams) `grace` to finish before returning.
-pub async fn run(
-    listener: TcpListener,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stop_rx = stop_rx;
-    let drain_deadline = async move {
-        let _ = stop_rx.wait_for(|stopped| *stopped).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        res = server => res.context("server failed"),
-        () = drain_deadline => {
-            tracing::warn!(grace = ?grace, "in-flight requests did not finish within the shutdown grace; closing them");
-            Ok(())
-        }
+/// `inkan serve`: build everything, listen, and stop cleanly on a signal.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config.log);
+    let listen = config.listen;
+    let state = crate::server::build(config).await.context("cannot start")?;
+    let listener = bind(listen, "inkan").await?;
+    tracing::info!(%listen, public_url = %state.config.public_url, "inkan is serving");
+    crate::server::run(listener, state.clone(), shutdown_signal()).await?;
+    tracing::info!("shutting down");
+    if let Err(e) = state.toucher.flush().await {
+        tracing::warn!(error = %e, "last-used times not written at shutdown");
     }
+    Ok(())
 }

@@ -6,13 +6,13 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { check, expectRefreshRefused, parseArgs, randomEmail, rawMcp, runMain } from './lib.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
-const REDIRECT_URI = 'http://127.0.0.1:53684/callback';
 const CLIENT_NAME = 'inkan e2e browser app';
 
 const b64url = (buf) => buf.toString('base64url');
@@ -22,6 +22,17 @@ runMain('browser', async () => {
   const shots = args.screenshots ?? 'target/e2e-screenshots';
   mkdirSync(shots, { recursive: true });
   const resource = `${args.inkan}/mcp/${args.service}`;
+
+  // The app's loopback listener, as a native app has one: it receives the redirect.
+  let callback;
+  const listener = createServer((req, res) => {
+    const url = new URL(req.url, 'http://127.0.0.1');
+    // Chromium also asks for /favicon.ico.
+    if (url.pathname === '/callback') callback = url;
+    res.writeHead(200, { 'content-type': 'text/html' }).end('<h1>Back in the app</h1>');
+  });
+  await new Promise((r) => listener.listen(0, '127.0.0.1', r));
+  const REDIRECT_URI = `http://127.0.0.1:${listener.address().port}/callback`;
   const email = randomEmail('browser');
 
   const reg = await fetch(`${args.inkan}/oauth/register`, {
@@ -69,11 +80,6 @@ runMain('browser', async () => {
   try {
     const page = context.pages()[0] ?? (await context.newPage());
     page.setDefaultTimeout(15_000);
-    let callback;
-    await page.route(`${REDIRECT_URI}**`, (route) => {
-      callback = new URL(route.request().url());
-      return route.fulfill({ status: 200, contentType: 'text/html', body: '<h1>Back in the app</h1>' });
-    });
 
     // Not signed in: the authorization request lands on the login page.
     await page.goto(authorize.href);
@@ -146,6 +152,7 @@ runMain('browser', async () => {
     check(new URL(page.url()).pathname.startsWith('/login'), 'after sign-out the account page asks to sign in');
   } finally {
     await context.close();
+    listener.close();
     rmSync(profile, { recursive: true, force: true });
   }
 });

@@ -51,7 +51,7 @@ runMain('inspector cli', async () => {
     return new Promise((resolve, reject) => {
       const child = spawn(
         INSPECTOR,
-        ['--cli', url, '--callback-url', callback, '--format', 'json', '--connect-timeout', '30000', ...cliArgs],
+        ['--cli', url, '--transport', 'http', '--callback-url', callback, '--format', 'json', '--connect-timeout', '30000', ...cliArgs],
         {
           env: {
             ...process.env,

@@ -19,6 +19,7 @@ use crate::config::{StoreBackend, StoreConfig};
 
 pub use model::*;
 pub use token::{TokenHash, TokenKind};
+pub use touch::Toucher;
 
 /// A store failure: the backend could not be reached or answered nonsense.
 ///

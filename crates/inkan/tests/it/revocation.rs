@@ -12,7 +12,7 @@ use figment::providers::{Format, Toml};
 use hanko_emulator::{Emulator, EmulatorConfig, SessionToken};
 use inkan::config::Config;
 use inkan::revocation::{GrantCache, Revocation};
-use inkan::server::{AppState, Shared};
+use inkan::server::AppState;
 use inkan::store::Revoked;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
@@ -120,25 +120,7 @@ async fn instance(
     let config =
         Config::from_figment(Figment::from(Toml::string(&base)).merge(Toml::string(extra)))
             .expect("test configuration is valid");
-    let store = inkan::store::connect(&config.store).await.unwrap();
-    let toucher = Arc::new(inkan::store::touch::Toucher::spawn(
-        store.clone(),
-        config.store.touch_interval,
-    ));
-    let metrics = Arc::new(inkan::metrics::Metrics::default());
-    let gateway = inkan::gateway::Gateway::new(&config, store.clone(), toucher, metrics.clone())
-        .await
-        .unwrap();
-    let state = AppState(Arc::new(Shared {
-        identity: Arc::new(inkan::identity::Identity::new(&config.hanko)),
-        oauth: inkan::oauth::OAuth::new(&config),
-        revocation: Revocation::new(&config),
-        config,
-        store,
-        gateway,
-        metrics,
-    }));
-    inkan::revocation::start(&state);
+    let state = inkan::server::build(config).await.expect("app builds");
     state
         .revocation
         .bus_connected()

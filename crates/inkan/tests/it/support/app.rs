@@ -8,7 +8,6 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,9 +15,7 @@ use figment::Figment;
 use figment::providers::{Format, Toml};
 use hanko_emulator::{Emulator, EmulatorConfig, SessionToken};
 use inkan::config::Config;
-use inkan::identity::Identity;
-use inkan::oauth::OAuth;
-use inkan::server::{AppState, Shared};
+use inkan::server::AppState;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
@@ -118,33 +115,7 @@ impl TestApp {
         let config =
             Config::from_figment(Figment::from(Toml::string(&base)).merge(Toml::string(overrides)))
                 .expect("test configuration is valid");
-        let store = inkan::store::connect(&config.store)
-            .await
-            .expect("store opens");
-        let identity = Arc::new(Identity::new(&config.hanko));
-        let toucher = Arc::new(inkan::store::touch::Toucher::spawn(
-            Arc::clone(&store),
-            config.store.touch_interval,
-        ));
-        let metrics = Arc::new(inkan::metrics::Metrics::new(Some(Arc::clone(&identity))));
-        let gateway = inkan::gateway::Gateway::new(
-            &config,
-            Arc::clone(&store),
-            toucher,
-            Arc::clone(&metrics),
-        )
-        .await
-        .expect("gateway starts");
-        let state = AppState(Arc::new(Shared {
-            oauth: OAuth::new(&config),
-            revocation: inkan::revocation::Revocation::new(&config),
-            config,
-            store,
-            identity,
-            gateway,
-            metrics,
-        }));
-        inkan::revocation::start(&state);
+        let state = inkan::server::build(config).await.expect("app builds");
         let (stop, stopped) = oneshot::channel::<()>();
         let served = state.clone();
         tokio::spawn(async move {

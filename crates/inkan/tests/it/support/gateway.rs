@@ -5,10 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use inkan::config::Config;
-use inkan::gateway::Gateway;
-use inkan::identity::Identity;
-use inkan::metrics::Metrics;
-use inkan::server::{AppState, Shared};
+use inkan::server::AppState;
 use inkan::store::token::{self, Minted};
 use inkan::store::touch::Toucher;
 use inkan::store::{Grant, SharedStore, TokenKind, TokenPair};
@@ -69,35 +66,10 @@ pub async fn start_with_hanko(tail: &str, hanko_api_url: &str) -> TestGateway {
         ));
     }
     let config = Config::from_toml_str(&toml).expect("test config is valid");
-    let store = inkan::store::connect(&config.store)
-        .await
-        .expect("store connects");
-    let toucher = Arc::new(Toucher::spawn(
-        Arc::clone(&store),
-        config.store.touch_interval,
-    ));
-    let identity = Arc::new(Identity::new(&config.hanko));
+    let state = inkan::server::build(config).await.expect("app builds");
     // Unreachable in most tests; readiness tests look at the outcome.
-    let _ = identity.refresh_jwks().await;
-    let metrics = Arc::new(Metrics::new(Some(Arc::clone(&identity))));
-    let gateway = Gateway::new(
-        &config,
-        Arc::clone(&store),
-        Arc::clone(&toucher),
-        Arc::clone(&metrics),
-    )
-    .await
-    .expect("gateway starts");
-    let state = AppState(Arc::new(Shared {
-        oauth: inkan::oauth::OAuth::new(&config),
-        revocation: inkan::revocation::Revocation::new(&config),
-        config,
-        store,
-        identity,
-        gateway,
-        metrics,
-    }));
-    inkan::revocation::start(&state);
+    let _ = state.identity.refresh_jwks().await;
+    let toucher = Arc::clone(&state.toucher);
     let app = inkan::server::app(state.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app).await.expect("server runs");
