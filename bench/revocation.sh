@@ -5,6 +5,7 @@
 # measured by polling. Prints p50/p99 (target: p99 <= 100 ms).
 #
 #   bench/revocation.sh [REVOCATIONS]      # default 200
+#   BENCH_PROFILE=dev bench/revocation.sh  # skip the release build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +24,7 @@ for _ in $(seq 100); do
   sleep 0.05
 done
 
-cargo run --release --quiet -p inkan --example revocation_bench -- \
+profile=(--release)
+[ "${BENCH_PROFILE:-release}" = dev ] && profile=()
+cargo run "${profile[@]}" --quiet -p inkan --example revocation_bench -- \
   --redis "redis://127.0.0.1:$port" --revocations "${1:-200}"

@@ -120,7 +120,7 @@ async fn instance(
     let config =
         Config::from_figment(Figment::from(Toml::string(&base)).merge(Toml::string(extra)))
             .expect("test configuration is valid");
-    let state = inkan::server::build(config).await.unwrap();
+    let state = inkan::server::build(config).await.expect("app builds");
     state
         .revocation
         .bus_connected()
