@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what is missing, then fmt, clippy, every test.
+# The whole test suite: installs what is missing (redis-server; the e2e
+# suite adds chromium, a Python venv with the MCP SDK and the pinned Node
+# clients), then fmt, clippy, the Rust tests and the end-to-end suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +24,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== end-to-end: real binaries and real MCP clients on SQLite, Redis and Redis Cluster"
+bash tests/e2e/run.sh all
