@@ -91,3 +91,141 @@ fn missing_explicit_config_file_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/inkan.toml"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `inkan dev` on free ports and waits for its banner.
+fn start_dev(data_dir: &std::path::Path, port: u16) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inkan"))
+        .args(["dev", "--data-dir"])
+        .arg(data_dir)
+        .args(["--port", &port.to_string()])
+        .args(["--hanko-port", &free_port().to_string()])
+        .args(["--upstream-port", &free_port().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("/mcp in Claude Code") {
+            break;
+        }
+    }
+    (child, banner)
+}
+
+fn interrupt(child: &mut std::process::Child) -> i32 {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap().code().unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn dev_runs_everything_and_keeps_its_store_across_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (mut dev, banner) = start_dev(data.path(), port);
+    let mcp = format!("http://127.0.0.1:{port}/mcp/demo");
+    assert!(
+        banner.contains(&format!("MCP server URL   {mcp}")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("http://127.0.0.1:{port}/account")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("npx @modelcontextprotocol/inspector"),
+        "{banner}"
+    );
+
+    let http = reqwest::Client::new();
+    let r = http.post(&mcp).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("oauth-protected-resource/mcp/demo"),
+        "{challenge}"
+    );
+    let ready = http
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let login = http
+        .get(format!("http://127.0.0.1:{port}/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        login.contains("dev-sign-in"),
+        "dev mode offers the email sign-in form"
+    );
+
+    // A client registered today is still known after a restart.
+    let reg: serde_json::Value = http
+        .post(format!("http://127.0.0.1:{port}/oauth/register"))
+        .json(&serde_json::json!({"redirect_uris": ["http://127.0.0.1/callback"], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = reg["client_id"].as_str().unwrap().to_string();
+    assert_eq!(interrupt(&mut dev), 0, "Ctrl-C stops dev cleanly");
+
+    let (mut dev, _) = start_dev(data.path(), port);
+    let authorize = format!(
+        "http://127.0.0.1:{port}/oauth/authorize?response_type=code&client_id={client_id}&redirect_uri=http://127.0.0.1:5555/callback&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&state=s"
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirects.get(authorize).send().await.unwrap();
+    assert_eq!(r.status(), 303, "known client goes on to sign-in");
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/login?return_to=")
+    );
+
+    // A second dev on the same port fails with a clear message.
+    let out = Command::new(env!("CARGO_BIN_EXE_inkan"))
+        .args(["dev", "--data-dir"])
+        .arg(data.path())
+        .args(["--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is already in use")),
+        "{err}"
+    );
+    assert_eq!(interrupt(&mut dev), 0);
+}

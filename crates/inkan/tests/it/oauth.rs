@@ -929,6 +929,19 @@ async fn full_flow_over_http() {
         "revoking the access token leaves the grant"
     );
     let t4: Value = r.json().await.unwrap();
+    // A dump of the store gives nothing to present: the SQLite file and its
+    // WAL hold neither token nor any token's secret part.
+    let db = &app.state.config.store.path;
+    let mut dump = std::fs::read(db).unwrap();
+    dump.extend(std::fs::read(db.with_extension("db-wal")).unwrap_or_default());
+    for key in ["access_token", "refresh_token"] {
+        let token = t4[key].as_str().unwrap();
+        let secret = token[token.len() - 43..].as_bytes();
+        assert!(
+            !dump.windows(secret.len()).any(|w| w == secret),
+            "{key} found in the store"
+        );
+    }
     // ... and a refresh token revokes its whole grant.
     let r = app
         .http
