@@ -246,12 +246,19 @@ async fn refresh(
         grace_secs: state.config.tokens.refresh_grace.as_secs() as i64,
     };
     match state.store.rotate_refresh(grant_id, &rotation).await? {
-        RotateOutcome::Rotated { grant } => Ok(respond(
-            &access.token,
-            &next_refresh.token,
-            access_exp,
-            &grant,
-        )),
+        RotateOutcome::Rotated { grant } => {
+            // The previous access token stopped being the grant's current one;
+            // do not let this instance's cache keep accepting it.
+            state
+                .gateway
+                .invalidate_grants(std::slice::from_ref(&grant.grant_id));
+            Ok(respond(
+                &access.token,
+                &next_refresh.token,
+                access_exp,
+                &grant,
+            ))
+        }
         RotateOutcome::Repeated {
             grant,
             access_expires_at,

@@ -1811,3 +1811,36 @@ async fn store_outage_answers_503_not_401() {
     assert_eq!(r.status(), 503, "authorize shows a page, never a 401");
     drop(server);
 }
+
+#[tokio::test]
+async fn a_refresh_retires_the_cached_previous_access_token() {
+    let app = TestApp::start().await;
+    let flow = Flow::new(&app).await;
+    let t = flow.tokens().await;
+    let old = t["access_token"].as_str().unwrap();
+    let scopes = ["notes:read".to_string(), "notes:write".to_string()];
+    let now = inkan::store::unix_now();
+    let validator = &app.state.gateway.validator;
+    assert!(matches!(
+        validator.validate(old, "notes", &scopes, now).await,
+        inkan::gateway::validate::Verdict::Allowed(_)
+    ));
+    let r = flow.refresh(t["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(r.status(), 200);
+    let next: Value = r.json().await.unwrap();
+    assert!(matches!(
+        validator.validate(old, "notes", &scopes, now).await,
+        inkan::gateway::validate::Verdict::Invalid(_)
+    ));
+    assert!(matches!(
+        validator
+            .validate(
+                next["access_token"].as_str().unwrap(),
+                "notes",
+                &scopes,
+                now
+            )
+            .await,
+        inkan::gateway::validate::Verdict::Allowed(_)
+    ));
+}
