@@ -550,8 +550,13 @@ impl Config {
                 );
             }
             match url::Url::parse(&s.upstream) {
-                Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {}
-                _ => err(&key("upstream"), &s.upstream, "must be an http(s) URL"),
+                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                Ok(u) if u.scheme() == "https" => err(
+                    &key("upstream"),
+                    &s.upstream,
+                    "https upstreams are not supported yet: reach the upstream over http on a private network, or terminate TLS next to it",
+                ),
+                _ => err(&key("upstream"), &s.upstream, "must be an http URL"),
             }
             for scope in &s.scopes {
                 if scope.is_empty()
@@ -691,7 +696,13 @@ mod tests {
                 "upstream = \"http://127.0.0.1:9000/mcp\"",
                 "upstream = \"ftp://x/mcp\"",
                 "services[0].upstream",
-                "http(s)",
+                "must be an http URL",
+            ),
+            (
+                "upstream = \"http://127.0.0.1:9000/mcp\"",
+                "upstream = \"https://x/mcp\"",
+                "services[0].upstream",
+                "not supported yet",
             ),
             (
                 "[hanko]",
