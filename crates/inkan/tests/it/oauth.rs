@@ -936,7 +936,7 @@ async fn full_flow_over_http() {
     dump.extend(std::fs::read(db.with_extension("db-wal")).unwrap_or_default());
     for key in ["access_token", "refresh_token"] {
         let token = t4[key].as_str().unwrap();
-        let secret = token[token.len() - 43..].as_bytes();
+        let secret = &token.as_bytes()[token.len() - 43..];
         assert!(
             !dump.windows(secret.len()).any(|w| w == secret),
             "{key} found in the store"
