@@ -187,6 +187,17 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
     &fields.iter().find(|(n, _)| n == name).unwrap().1
 }
 
+/// Anything serving inkan over HTTP: an in-process instance or an `inkan serve` process.
+trait Endpoint {
+    fn base(&self) -> &str;
+}
+
+impl Endpoint for Instance {
+    fn base(&self) -> &str {
+        &self.url
+    }
+}
+
 struct Tokens {
     access: String,
     refresh: String,
@@ -196,11 +207,11 @@ struct Tokens {
 
 /// The whole OAuth flow a client and its user go through: registration,
 /// authorization with the Hanko session, consent, code exchange.
-async fn connect_app(inst: &Instance, session: &SessionToken, name: &str) -> Tokens {
+async fn connect_app(inst: &impl Endpoint, session: &SessionToken, name: &str) -> Tokens {
     let http = http();
     let redirect_uri = "http://127.0.0.1:9/callback";
     let reg: serde_json::Value = http
-        .post(format!("{}/oauth/register", inst.url))
+        .post(format!("{}/oauth/register", inst.base()))
         .json(&serde_json::json!({
             "redirect_uris": [redirect_uri],
             "token_endpoint_auth_method": "none",
@@ -218,8 +229,8 @@ async fn connect_app(inst: &Instance, session: &SessionToken, name: &str) -> Tok
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
     let verifier = URL_SAFE_NO_PAD.encode(raw);
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let resource = format!("{}/mcp/notes", inst.url);
-    let mut authorize = url::Url::parse(&format!("{}/oauth/authorize", inst.url)).unwrap();
+    let resource = format!("{}/mcp/notes", inst.base());
+    let mut authorize = url::Url::parse(&format!("{}/oauth/authorize", inst.base())).unwrap();
     authorize
         .query_pairs_mut()
         .append_pair("response_type", "code")
@@ -240,9 +251,9 @@ async fn connect_app(inst: &Instance, session: &SessionToken, name: &str) -> Tok
     form.push(("service".into(), "notes".into()));
     form.push(("decision".into(), "approve".into()));
     let decided = http
-        .post(format!("{}/oauth/authorize", inst.url))
+        .post(format!("{}/oauth/authorize", inst.base()))
         .header("cookie", cookie(session))
-        .header("origin", &inst.url)
+        .header("origin", inst.base())
         .form(&form)
         .send()
         .await
@@ -256,7 +267,7 @@ async fn connect_app(inst: &Instance, session: &SessionToken, name: &str) -> Tok
         .1
         .to_string();
     let tokens: serde_json::Value = http
-        .post(format!("{}/oauth/token", inst.url))
+        .post(format!("{}/oauth/token", inst.base()))
         .form(&[
             ("grant_type", "authorization_code"),
             ("code", &code),
@@ -280,9 +291,9 @@ async fn connect_app(inst: &Instance, session: &SessionToken, name: &str) -> Tok
 }
 
 /// Status of one MCP request with `token` on `inst`.
-async fn mcp(inst: &Instance, token: &str) -> StatusCode {
+async fn mcp(inst: &impl Endpoint, token: &str) -> StatusCode {
     http()
-        .post(format!("{}/mcp/notes", inst.url))
+        .post(format!("{}/mcp/notes", inst.base()))
         .bearer_auth(token)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
@@ -294,9 +305,9 @@ async fn mcp(inst: &Instance, token: &str) -> StatusCode {
 }
 
 /// Status of a refresh with `tokens` on `inst`.
-async fn refresh(inst: &Instance, tokens: &Tokens) -> StatusCode {
+async fn refresh(inst: &impl Endpoint, tokens: &Tokens) -> StatusCode {
     http()
-        .post(format!("{}/oauth/token", inst.url))
+        .post(format!("{}/oauth/token", inst.base()))
         .form(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", &tokens.refresh),
@@ -309,7 +320,7 @@ async fn refresh(inst: &Instance, tokens: &Tokens) -> StatusCode {
 }
 
 /// Polls `inst` until `token` is refused with 401; returns how long it took.
-async fn until_refused(inst: &Instance, token: &str, within: Duration) -> Duration {
+async fn until_refused(inst: &impl Endpoint, token: &str, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
         let status = mcp(inst, token).await;
@@ -324,9 +335,9 @@ async fn until_refused(inst: &Instance, token: &str, within: Duration) -> Durati
     }
 }
 
-async fn logout(inst: &Instance, session: &SessionToken, origin: &str) -> reqwest::Response {
+async fn logout(inst: &impl Endpoint, session: &SessionToken, origin: &str) -> reqwest::Response {
     http()
-        .post(format!("{}/logout", inst.url))
+        .post(format!("{}/logout", inst.base()))
         .header("cookie", cookie(session))
         .header("origin", origin)
         .send()
@@ -1005,4 +1016,96 @@ async fn operator_cli_revokes_in_a_sqlite_store() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the store"));
+}
+
+/// An `inkan serve` process, killed when dropped.
+struct Served {
+    url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Endpoint for Served {
+    fn base(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve_process(hanko: &Emulator, upstream: &str, store: &str) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, url) = bind().await;
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let config = dir.path().join("inkan.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            public_url = "{url}"
+            listen = "{addr}"
+            [hanko]
+            api_url = "{hanko}"
+            audience = "localhost"
+            [store]
+            {store}
+            [[services]]
+            id = "notes"
+            name = "Team notes"
+            upstream = "{upstream}"
+            scopes = ["notes:read", "notes:write"]
+            "#,
+            hanko = hanko.url(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_inkan"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = Served {
+        url,
+        child,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http().get(format!("{}/readyz", served.url)).send().await;
+        if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+            return served;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "inkan serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn logout_through_one_serve_process_reaches_another() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let store = shared_redis("two-processes").await;
+    let a = serve_process(&hanko, &up, &store).await;
+    let b = serve_process(&hanko, &up, &store).await;
+    let alice = sign_in(&hanko, "alice@example.com");
+    let app = connect_app(&a, &alice, "Alice's app").await;
+    // Validated, and so cached, by both processes.
+    assert_eq!(mcp(&a, &app.access).await, 200);
+    assert_eq!(mcp(&b, &app.access).await, 200);
+
+    assert_eq!(logout(&a, &alice, &a.url).await.status(), 200);
+    let latency = until_refused(&b, &app.access, Duration::from_secs(1)).await;
+    println!("revocation reached the other inkan serve process after {latency:?}");
+    assert_eq!(refresh(&b, &app).await, 400, "the refresh token died too");
 }
