@@ -31,7 +31,9 @@ CLIENTS=(${E2E_CLIENTS:-python sdk inspector browser})
 bash "$e2e/setup.sh" || exit 1
 target="${CARGO_TARGET_DIR:-$root/target}"
 echo "== building inkan, hanko-emulator, demo-upstream"
-(cd "$root" && cargo build --locked -p inkan -p hanko-emulator -p demo-upstream) || exit 1
+# The same targets as `cargo test --workspace`, so features unify the same way
+# and scripts/test.sh reuses every compiled dependency.
+(cd "$root" && cargo build --locked --workspace --all-targets) || exit 1
 bin="$target/debug"
 
 logs="$root/target/e2e-logs"
