@@ -80,6 +80,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime starts")
 }
 
+/// `serve`'s main thread is its first serving thread (see
+/// [`crate::server::run`]), so its runtime is single-threaded too.
+fn serving_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts")
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -95,7 +104,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => match load_config(config) {
-            Ok(c) => match runtime().block_on(crate::serve::serve(c)) {
+            Ok(c) => match serving_runtime().block_on(crate::serve::serve(c)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("inkan serve: {e:#}");

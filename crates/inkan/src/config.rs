@@ -18,12 +18,20 @@ use serde::{Deserialize, Serialize};
 /// in sysexits terms `EX_USAGE`, as linkerd does).
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
+/// More serving threads than this only adds contention.
+const MAX_WORKERS: usize = 256;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Issuer and resource base, e.g. `https://mcp.example.com`; no trailing slash.
     pub public_url: String,
     pub listen: SocketAddr,
+    /// Threads serving HTTP, each running its own single-threaded runtime
+    /// and accepting from the same socket (nginx's worker model); `0` means
+    /// one per CPU.
+    #[serde(default)]
+    pub workers: usize,
     pub hanko: HankoConfig,
     #[serde(default)]
     pub tokens: TokensConfig,
@@ -407,6 +415,13 @@ impl Config {
         };
 
         check_base_url(&mut err, "public_url", &self.public_url);
+        if self.workers > MAX_WORKERS {
+            err(
+                "workers",
+                &self.workers.to_string(),
+                &format!("0 (one per CPU) up to {MAX_WORKERS}"),
+            );
+        }
         if self.public_url.ends_with('/') {
             err(
                 "public_url",
@@ -592,6 +607,14 @@ impl Config {
     }
 
     /// The effective configuration as TOML with secrets masked.
+    /// How many serving threads `workers` asks for on this machine.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn to_masked_toml(&self) -> String {
         let mut c = self.clone();
         if c.hanko.admin_api_key.is_some() {
@@ -664,6 +687,14 @@ mod tests {
         assert_eq!(c.store.backend, StoreBackend::Sqlite);
         assert_eq!(c.hanko.cookie_name, "hanko");
         assert_eq!(c.resource_url("notes"), "https://mcp.example.com/mcp/notes");
+        assert_eq!(c.workers, 0);
+        assert!(c.worker_threads() >= 1, "one serving thread per CPU");
+        let three = GOOD.replacen(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nworkers = 3",
+            1,
+        );
+        assert_eq!(Config::from_toml_str(&three).unwrap().worker_threads(), 3);
     }
 
     #[test]
@@ -722,12 +753,14 @@ mod tests {
                 "services[0].id",
                 "letters",
             ),
-            ("[tokens]", "[tokens]", "", ""),
+            (
+                "listen = \"127.0.0.1:8080\"",
+                "listen = \"127.0.0.1:8080\"\nworkers = 1000",
+                "workers",
+                "up to 256",
+            ),
         ];
         for (from, to, key, needle) in cases {
-            if key.is_empty() {
-                continue;
-            }
             let errs = errors_of(&GOOD.replacen(from, to, 1));
             let hit = errs
                 .iter()

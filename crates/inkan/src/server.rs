@@ -4,8 +4,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+
 use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
+use axum::serve::{IncomingStream, Listener, ListenerExt};
+use futures_util::future::{BoxFuture, Either};
 use tokio::net::TcpListener;
+use tower::Service;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -117,20 +127,86 @@ pub fn app(state: AppState) -> Router {
 /// in-flight requests (long SSE streams included) `gateway.shutdown_grace` to
 /// finish before closing them. Handlers see the peer address
 /// (`ConnectInfo<SocketAddr>`), which per-IP rate limits key on.
+///
+/// The listener is served by `workers` threads, nginx-style: the caller's
+/// runtime is one of them, every other is a thread with its own
+/// single-threaded runtime, and all accept from the same socket, so the
+/// least busy thread takes the next connection. A connection then stays on
+/// one thread with its upstream connections, and a proxied request never
+/// wakes another thread.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.config.gateway.shutdown_grace;
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let server = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let workers = state.config.worker_threads();
+    let door = FrontDoor {
+        router: app(state.clone()),
+        state,
+    };
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let listener = listener.into_std()?;
+    let mut others = Vec::with_capacity(workers.saturating_sub(1));
+    for n in 1..workers {
+        let listener = listener.try_clone()?;
+        let (door, stopping) = (door.clone(), stopping.clone());
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("inkan-worker-{n}"))
+            .spawn(move || {
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(async move {
+                            serve_until(TcpListener::from_std(listener)?, door, stopping, grace)
+                                .await
+                        })
+                    });
+                let _ = done_tx.send(served);
+            })?;
+        others.push(done);
+    }
+    let listener = TcpListener::from_std(listener)?;
+    let serving = async move {
+        let mut result = serve_until(listener, door, stopping, grace).await;
+        for done in others {
+            let served = done
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("a serving thread panicked")));
+            result = result.and(served);
+        }
+        result
+    };
+    tokio::pin!(serving);
+    // Dropping `stopping_tx` (on the signal, or when this future is
+    // dropped) also tells every thread to stop.
+    let stop = async move {
         shutdown.await;
         let _ = stopping_tx.send(true);
+    };
+    tokio::select! {
+        result = &mut serving => result,
+        () = stop => serving.await,
+    }
+}
+
+/// One worker's share of [`run`]: accept and serve until `stopping`, then
+/// drain for at most `grace`.
+async fn serve_until(
+    listener: TcpListener,
+    door: FrontDoor,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let mut signal = stopping.clone();
+    // Responses go out in one write each; Nagle would only delay them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, door).with_graceful_shutdown(async move {
+        let _ = signal.wait_for(|s| *s).await;
     });
     let deadline = async move {
         let _ = stopping.wait_for(|s| *s).await;
@@ -142,5 +218,63 @@ pub async fn run(
             tracing::warn!(?grace, "in-flight requests outlived the shutdown grace; closing them");
             Ok(())
         }
+    }
+}
+
+/// What [`run`] serves: per connection, a [`Door`] that knows the peer.
+#[derive(Clone)]
+struct FrontDoor {
+    state: AppState,
+    router: Router,
+}
+
+impl<L> Service<IncomingStream<'_, L>> for FrontDoor
+where
+    L: Listener<Addr = SocketAddr>,
+{
+    type Response = Door;
+    type Error = Infallible;
+    type Future = Ready<Result<Door, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'_, L>) -> Self::Future {
+        ready(Ok(Door {
+            front: self.clone(),
+            peer: *stream.remote_addr(),
+        }))
+    }
+}
+
+/// One connection's entrance: MCP requests the gateway can serve directly
+/// take [`crate::gateway::serve_fast`]; everything else goes through the
+/// router with the peer address as `ConnectInfo`.
+#[derive(Clone)]
+struct Door {
+    front: FrontDoor,
+    peer: SocketAddr,
+}
+
+impl Service<Request> for Door {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let state = &self.front.state;
+        if state.gateway.takes_fast_path(&request) {
+            let state = state.clone();
+            return Either::Left(Box::pin(async move {
+                Ok(crate::gateway::serve_fast(state, request).await)
+            }));
+        }
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        Either::Right(self.front.router.call(request))
     }
 }

@@ -13,6 +13,9 @@
 //! `Authorization`, `Cookie` and every `X-Inkan-*` (no token passthrough, no
 //! identity spoofing), plus inkan's identity headers and assertion.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -23,6 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::validate::Access;
 use crate::config::{GatewayConfig, ServiceConfig};
@@ -39,17 +43,37 @@ pub enum ProxyError {
     Upstream(UpstreamError),
 }
 
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+thread_local! {
+    /// This thread's connection pool per upstream (keyed by [`Upstream::key`]).
+    /// A pooled connection is driven by a task on the runtime that opened it,
+    /// so sharing pools across serving threads would make every proxied
+    /// request wake a second thread.
+    static POOLS: RefCell<HashMap<usize, HttpClient>> = RefCell::new(HashMap::new());
+}
+
+/// Tells [`Upstream`]s apart in [`POOLS`].
+static NEXT_KEY: AtomicUsize = AtomicUsize::new(0);
+
 pub struct Upstream {
     service: String,
     uri: Uri,
     authority: HeaderValue,
-    client: Client<HttpConnector, Full<Bytes>>,
+    key: usize,
+    connector: HttpConnector,
+    /// This service's `upstream_response_seconds`, looked up once.
+    latency: Histogram,
     first_byte_timeout: Duration,
     body_limit: u64,
 }
 
 impl Upstream {
-    pub fn new(service: &ServiceConfig, config: &GatewayConfig) -> anyhow::Result<Upstream> {
+    pub fn new(
+        service: &ServiceConfig,
+        config: &GatewayConfig,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Upstream> {
         let uri: Uri = service.upstream.parse()?;
         let authority = uri
             .authority()
@@ -65,14 +89,18 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
         Ok(Upstream {
             service: service.id.clone(),
             authority: HeaderValue::from_str(authority.as_str())?,
             uri,
-            client,
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            latency: metrics
+                .upstream_latency
+                .get_or_create(&ServiceLabels {
+                    service: service.id.clone(),
+                })
+                .clone(),
+            connector,
             first_byte_timeout: config.first_byte_timeout,
             body_limit: config.body_limit,
         })
@@ -104,17 +132,16 @@ impl Upstream {
             Err(_) => return Err(ProxyError::BadRequestBody),
         };
 
-        let uri = match parts.uri.query() {
+        // The client's request head becomes the upstream's, edited in place.
+        let mut parts = parts;
+        parts.uri = match parts.uri.query() {
             Some(q) => self.with_query(q),
             None => self.uri.clone(),
         };
-        let mut out = Request::builder()
-            .method(parts.method)
-            .uri(uri)
-            .body(Full::new(body))
-            .expect("method and URI come from valid requests");
-        let headers = out.headers_mut();
-        copy_headers(&parts.headers, headers, strip_request_header);
+        parts.version = http::Version::HTTP_11;
+        parts.extensions.clear();
+        let headers = &mut parts.headers;
+        strip_headers(headers, strip_request_header);
         headers.insert(header::HOST, self.authority.clone());
         let h = &access.headers;
         headers.insert(X_INKAN_USER, h.user.clone());
@@ -127,18 +154,14 @@ impl Upstream {
         if let Some(a) = assertion {
             headers.insert(X_INKAN_ASSERTION, a);
         }
+        let out = Request::from_parts(parts, Full::new(body));
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(self.first_byte_timeout, self.client.request(out)).await;
+        let sent = tokio::time::timeout(self.first_byte_timeout, self.client().request(out)).await;
         let kind = match sent {
             Ok(Ok(response)) => {
-                metrics
-                    .upstream_latency
-                    .get_or_create(&ServiceLabels {
-                        service: self.service.clone(),
-                    })
-                    .observe(started.elapsed().as_secs_f64());
-                return Ok(self.response(response));
+                self.latency.observe(started.elapsed().as_secs_f64());
+                return Ok(response_from(response));
             }
             Err(_) => UpstreamError::Timeout,
             Ok(Err(e)) => {
@@ -156,6 +179,20 @@ impl Upstream {
         Err(ProxyError::Upstream(kind))
     }
 
+    /// This thread's pooled client for this upstream.
+    fn client(&self) -> HttpClient {
+        POOLS.with_borrow_mut(|pools| {
+            pools
+                .entry(self.key)
+                .or_insert_with(|| {
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .build(self.connector.clone())
+                })
+                .clone()
+        })
+    }
+
     fn with_query(&self, query: &str) -> Uri {
         let path = self.uri.path();
         let pq = match self.uri.query() {
@@ -166,14 +203,13 @@ impl Upstream {
         parts.path_and_query = pq.parse().ok();
         Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
     }
+}
 
-    fn response(&self, upstream: Response<hyper::body::Incoming>) -> Response<Body> {
-        let (parts, body) = upstream.into_parts();
-        let mut out = Response::new(Body::new(body));
-        *out.status_mut() = parts.status;
-        copy_headers(&parts.headers, out.headers_mut(), strip_response_header);
-        out
-    }
+/// The upstream's response, streamed, minus what must not reach the client.
+fn response_from(upstream: Response<hyper::body::Incoming>) -> Response<Body> {
+    let (mut parts, body) = upstream.into_parts();
+    strip_headers(&mut parts.headers, strip_response_header);
+    Response::from_parts(parts, Body::new(body))
 }
 
 const X_INKAN_USER: HeaderName = HeaderName::from_static("x-inkan-user");
@@ -213,21 +249,19 @@ fn strip_response_header(name: &HeaderName) -> bool {
     is_hop_by_hop(name) || name == header::SET_COOKIE
 }
 
-/// Copies `from` into `to`, skipping `strip` and anything the `Connection`
-/// header names as connection-specific.
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, strip: fn(&HeaderName) -> bool) {
-    let listed: Vec<String> = from
+/// Removes `strip` and anything the `Connection` header names as
+/// connection-specific.
+fn strip_headers(headers: &mut HeaderMap, strip: fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
         .collect();
-    for (name, value) in from {
-        if strip(name) || listed.iter().any(|l| l == name.as_str()) {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
+    doomed.extend(headers.keys().filter(|n| strip(n)).cloned());
+    for name in doomed {
+        headers.remove(name);
     }
 }
 

@@ -348,6 +348,76 @@ async fn cors_lets_browser_clients_read_challenges_and_sessions() {
     assert!(exposed.contains("www-authenticate") && exposed.contains("mcp-session-id"));
 }
 
+/// Plain MCP requests take the gateway's fast path; requests with an
+/// `Origin` (CORS) and paths only the router understands take the router.
+/// Both must authenticate, proxy and count alike.
+#[tokio::test]
+async fn fast_path_and_router_answer_alike() {
+    let up = test_upstream().await;
+    let gw = start(&up.url).await;
+    let token = gw.token(&["notes"], &["notes:read"]).await;
+    let post = |url: String, origin: Option<&'static str>| {
+        let mut req = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(&token)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(INIT);
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        req.send()
+    };
+
+    let plain = post(gw.mcp_url("notes"), None).await.unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
+    assert!(
+        plain
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+    let expected = plain.text().await.unwrap();
+
+    let browser = post(gw.mcp_url("notes"), Some("https://app.example"))
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), StatusCode::OK);
+    assert!(
+        browser
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_some()
+    );
+    assert_eq!(browser.text().await.unwrap(), expected);
+
+    let encoded = post(format!("{}/mcp/%6Eotes", gw.url), None).await.unwrap();
+    assert_eq!(encoded.status(), StatusCode::OK);
+    assert_eq!(encoded.text().await.unwrap(), expected);
+
+    let unknown = post(gw.mcp_url("nope"), None).await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        3,
+        "each allowed request reached the upstream once"
+    );
+    for headers in &seen {
+        assert_eq!(headers["x-inkan-user"], "user-1");
+        assert!(headers.get(header::AUTHORIZATION).is_none());
+        assert!(headers.get("x-inkan-assertion").is_some());
+    }
+    let metrics = reqwest::get(format!("{}/metrics", gw.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = r#"inkan_http_requests_total{route="/mcp/{service}",method="POST",status="200"} 3"#;
+    assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+}
+
 #[tokio::test]
 async fn tokens_work_only_for_their_services_and_scopes() {
     let up = test_upstream().await;

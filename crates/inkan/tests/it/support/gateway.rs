@@ -70,9 +70,11 @@ pub async fn start_with_hanko(tail: &str, hanko_api_url: &str) -> TestGateway {
     // Unreachable in most tests; readiness tests look at the outcome.
     let _ = state.identity.refresh_jwks().await;
     let toucher = Arc::clone(&state.toucher);
-    let app = inkan::server::app(state.clone());
+    let served = state.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("server runs");
+        inkan::server::run(listener, served, std::future::pending())
+            .await
+            .expect("server runs");
     });
     TestGateway {
         url,
