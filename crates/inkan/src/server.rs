@@ -1,20 +1,22 @@
 //! The HTTP surface: one router over the shared application state.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
-use axum::serve::{IncomingStream, Listener, ListenerExt};
 use futures_util::future::{BoxFuture, Either};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::Service;
 
 use crate::config::Config;
@@ -145,7 +147,7 @@ pub async fn run(
         router: app(state.clone()),
         state,
     };
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let (stopping_tx, stopping) = watch::channel(false);
     let listener = listener.into_std()?;
     let mut others = Vec::with_capacity(workers.saturating_sub(1));
     for n in 1..workers {
@@ -192,81 +194,97 @@ pub async fn run(
     }
 }
 
-/// One worker's share of [`run`]: accept and serve until `stopping`, then
-/// drain for at most `grace`.
+/// Longest a client may take to send a request head, and longest an idle
+/// keep-alive connection is kept open (slow-loris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One thread's share of [`run`]: accept and serve HTTP/1.1 until
+/// `stopping`, then drain for at most `grace`.
 async fn serve_until(
     listener: TcpListener,
     door: FrontDoor,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-    grace: std::time::Duration,
+    mut stopping: watch::Receiver<bool>,
+    grace: Duration,
 ) -> std::io::Result<()> {
-    let mut signal = stopping.clone();
-    // Responses go out in one write each; Nagle would only delay them.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, door).with_graceful_shutdown(async move {
-        let _ = signal.wait_for(|s| *s).await;
-    });
-    let deadline = async move {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connections = GracefulShutdown::new();
+    // A closed channel (the sender dropped) also means stop.
+    let stop = async move {
         let _ = stopping.wait_for(|s| *s).await;
-        tokio::time::sleep(grace).await;
     };
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // Responses go out in one write each; Nagle would only delay them.
+        let _ = tcp.set_nodelay(true);
+        let door = Door {
+            front: door.clone(),
+            peer,
+        };
+        let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), door));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        res = server => res,
-        () = deadline => {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "in-flight requests outlived the shutdown grace; closing them");
-            Ok(())
         }
+    }
+    Ok(())
+}
+
+/// A failed `accept` of one connection is that connection's problem; any
+/// other failure (out of file descriptors) is retried after a pause rather
+/// than spun on.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        tracing::error!(error = %e, "accepting connections failed; retrying in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// What [`run`] serves: per connection, a [`Door`] that knows the peer.
+/// What every connection's [`Door`] shares.
 #[derive(Clone)]
 struct FrontDoor {
     state: AppState,
     router: Router,
 }
 
-impl<L> Service<IncomingStream<'_, L>> for FrontDoor
-where
-    L: Listener<Addr = SocketAddr>,
-{
-    type Response = Door;
-    type Error = Infallible;
-    type Future = Ready<Result<Door, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'_, L>) -> Self::Future {
-        ready(Ok(Door {
-            front: self.clone(),
-            peer: *stream.remote_addr(),
-        }))
-    }
-}
-
 /// One connection's entrance: MCP requests the gateway can serve directly
 /// take [`crate::gateway::serve_fast`]; everything else goes through the
 /// router with the peer address as `ConnectInfo`.
-#[derive(Clone)]
 struct Door {
     front: FrontDoor,
     peer: SocketAddr,
 }
 
-impl Service<Request> for Door {
+impl hyper::service::Service<hyper::Request<Incoming>> for Door {
     type Response = Response;
     type Error = Infallible;
     type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, RouteFuture<Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
         let state = &self.front.state;
         if state.gateway.takes_fast_path(&request) {
             let state = state.clone();
@@ -275,6 +293,6 @@ impl Service<Request> for Door {
             }));
         }
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        Either::Right(self.front.router.call(request))
+        Either::Right(self.front.router.clone().call(request))
     }
 }
