@@ -11,16 +11,20 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
-use futures_util::future::{BoxFuture, Either};
+use bytes::{Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tower::Service;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::gateway::fast::{self, Next};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::oauth::OAuth;
@@ -194,29 +198,31 @@ pub async fn run(
     }
 }
 
-/// Longest a client may take to send a request head, and longest an idle
-/// keep-alive connection is kept open (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One thread's share of [`run`]: accept and serve HTTP/1.1 until
-/// `stopping`, then drain for at most `grace`.
+/// One thread's share of [`run`]: accept connections and serve each
+/// with [`fast::serve`], handing over to hyper (HTTP/1.1) and the router
+/// what it does not serve, until `stopping`; then drain for at most
+/// `grace`.
 async fn serve_until(
     listener: TcpListener,
     door: FrontDoor,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
     grace: Duration,
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let connections = GracefulShutdown::new();
+        .header_read_timeout(fast::HEADER_READ_TIMEOUT);
+    let handed_off = GracefulShutdown::new();
+    // Every connection's task holds a sender; when all are gone, so are
+    // the connections.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let mut stop_signal = stopping.clone();
     // A closed channel (the sender dropped) also means stop.
     let stop = async move {
-        let _ = stopping.wait_for(|s| *s).await;
+        let _ = stop_signal.wait_for(|s| *s).await;
     };
     tokio::pin!(stop);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (mut tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -228,20 +234,34 @@ async fn serve_until(
         };
         // Responses go out in one write each; Nagle would only delay them.
         let _ = tcp.set_nodelay(true);
-        let door = Door {
-            front: door.clone(),
-            peer,
-        };
-        let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), door));
+        let (door, http, watcher) = (door.clone(), http.clone(), handed_off.watcher());
+        let (alive, mut stopping) = (alive.clone(), stopping.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _alive = alive;
+            let mut buf = BytesMut::with_capacity(8192);
+            if fast::serve(&mut tcp, &mut buf, &door.state, &mut stopping).await == Next::Close {
+                return;
+            }
+            let io = TokioIo::new(Prefixed {
+                prefix: buf.freeze(),
+                inner: tcp,
+            });
+            let door = Door {
+                router: door.router,
+                peer,
+            };
+            if let Err(e) = watcher.watch(http.serve_connection(io, door)).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
-    drop(listener);
+    drop((listener, alive));
+    let drained = async {
+        handed_off.shutdown().await;
+        let _ = all_closed.recv().await;
+    };
     tokio::select! {
-        () = connections.shutdown() => {}
+        () = drained => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "in-flight requests outlived the shutdown grace; closing them");
         }
@@ -263,36 +283,80 @@ async fn accept_failed(e: std::io::Error) {
     }
 }
 
-/// What every connection's [`Door`] shares.
+/// What every connection's task shares.
 #[derive(Clone)]
 struct FrontDoor {
     state: AppState,
     router: Router,
 }
 
-/// One connection's entrance: MCP requests the gateway can serve directly
-/// take [`crate::gateway::serve_fast`]; everything else goes through the
-/// router with the peer address as `ConnectInfo`.
+/// A handed-off connection's entrance to the router, with the peer address
+/// as `ConnectInfo`.
 struct Door {
-    front: FrontDoor,
+    router: Router,
     peer: SocketAddr,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Door {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<BoxFuture<'static, Result<Response, Infallible>>, RouteFuture<Infallible>>;
+    type Future = RouteFuture<Infallible>;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
-        let state = &self.front.state;
-        if state.gateway.takes_fast_path(&request) {
-            let state = state.clone();
-            return Either::Left(Box::pin(async move {
-                Ok(crate::gateway::serve_fast(state, request).await)
-            }));
-        }
         request.extensions_mut().insert(ConnectInfo(self.peer));
-        Either::Right(self.front.router.clone().call(request))
+        self.router.clone().call(request)
+    }
+}
+
+/// A connection whose first bytes were already read (by [`fast::serve`]):
+/// reads return those first.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -2,13 +2,17 @@
 //!
 //! - [`metadata`]: RFC 9728 documents and `WWW-Authenticate` challenges.
 //! - [`validate`]: the token hot path (hash, cache, at most one store trip).
-//! - [`proxy`]: the streaming proxy to each service's upstream.
+//! - [`fast`]: the request hot path: plain MCP requests served and proxied
+//!   straight off the socket.
+//! - [`proxy`]: the streaming proxy for what the router serves (browser
+//!   requests with `Origin`, chunked uploads, odd requests).
 //! - [`assertion`]: the signed identity assertion and `/.well-known/jwks.json`.
 //!
 //! Every refusal is one of [`Refusal`]'s synthetic responses, built in one
 //! place ([`Refusal::respond`]).
 
 pub mod assertion;
+pub mod fast;
 pub mod metadata;
 pub mod proxy;
 pub mod validate;
@@ -21,7 +25,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
@@ -30,10 +34,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use self::assertion::Assertions;
 use self::metadata::Challenges;
 use self::proxy::{ProxyError, Upstream};
-use self::validate::{Validator, Verdict};
+use self::validate::{Access, Validator, Verdict};
 use crate::config::Config;
 use crate::metrics::{Metrics, Outcome, UpstreamError};
-use crate::server::AppState;
+use crate::server::{AppState, Shared};
 use crate::store::SharedStore;
 use crate::store::touch::Toucher;
 
@@ -179,8 +183,8 @@ async fn jwks(State(state): State<AppState>) -> Response {
 /// The route template every MCP request is counted under.
 pub const MCP_ROUTE: &str = "/mcp/{service}";
 
-/// `ANY /mcp/<service>` through the router: requests that carry an `Origin`
-/// (browsers, which need CORS) and paths the fast path does not recognise.
+/// `ANY /mcp/<service>` through the router: what [`fast`] hands off, such
+/// as requests that carry an `Origin` (browsers, which need CORS).
 async fn mcp(
     State(state): State<AppState>,
     Path(service): Path<String>,
@@ -192,66 +196,20 @@ async fn mcp(
     }
 }
 
-impl Gateway {
-    /// Whether `request` may skip the router (see [`serve_fast`]): it is for
-    /// `/mcp/<id>` of a configured service, verbatim, and carries no
-    /// `Origin`, so CORS has nothing to add.
-    pub fn takes_fast_path(&self, request: &Request) -> bool {
-        !request.headers().contains_key(header::ORIGIN) && self.fast_path_service(request).is_some()
-    }
-
-    fn fast_path_service(&self, request: &Request) -> Option<&Service> {
-        let id = request.uri().path().strip_prefix("/mcp/")?;
-        self.services.get(id)
-    }
-}
-
-/// Serves an MCP request that [`Gateway::takes_fast_path`] admitted,
-/// exactly as the router's `/mcp/{service}` route would, minus the
-/// routing, extraction and middleware layers every proxied request would
-/// otherwise pay for. Counted in the same request metric.
-pub async fn serve_fast(state: AppState, request: Request) -> Response {
-    let method = request.method().clone();
-    let response = match state.gateway.fast_path_service(&request) {
-        Some(svc) => handle(&state, svc, request).await,
-        None => Refusal::UnknownService.respond(None),
-    };
-    state
-        .metrics
-        .http_request(MCP_ROUTE.into(), &method, response.status());
-    response
-}
-
 /// Authenticate, then proxy.
 async fn handle(state: &AppState, svc: &Service, request: Request) -> Response {
-    let gateway = &state.gateway;
-    if request.uri().query().is_some_and(has_access_token) {
-        gateway.metrics.validation(Outcome::InQuery);
-        return Refusal::TokenInQuery.respond(Some(svc));
-    }
-    let Some(token) = bearer(request.headers()) else {
-        gateway.metrics.validation(Outcome::Missing);
-        return Refusal::MissingToken.respond(Some(svc));
+    let token_in_query = request.uri().query().is_some_and(has_access_token);
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let (access, assertion) = match authorize(state, svc, token_in_query, authorization).await {
+        Ok(allowed) => allowed,
+        Err(refusal) => return refusal.respond(Some(svc)),
     };
-    let now = unix_now();
-    let access = match gateway
-        .validator
-        .validate(token, &svc.id, &svc.scopes, now)
-        .await
-    {
-        Verdict::Allowed(access) => access,
-        Verdict::Invalid(_) | Verdict::WrongService => {
-            return Refusal::InvalidToken.respond(Some(svc));
-        }
-        Verdict::InsufficientScope => return Refusal::InsufficientScope.respond(Some(svc)),
-        Verdict::Unavailable => return Refusal::StoreUnavailable.respond(Some(svc)),
-    };
-    let assertion = gateway
-        .assertions
-        .assertion(&svc.id, &svc.resource, &access, now);
     match svc
         .upstream
-        .forward(request, &access, assertion, &gateway.metrics)
+        .forward(request, &access, assertion, &state.gateway.metrics)
         .await
     {
         Ok(response) => response,
@@ -264,10 +222,46 @@ async fn handle(state: &AppState, svc: &Service, request: Request) -> Response {
     }
 }
 
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
-/// Any other scheme counts as no token.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// Whether a request for `svc` may pass, given whether its query carries
+/// an access token and its `Authorization` value; if so, who it speaks for
+/// and the identity assertion to send upstream.
+async fn authorize(
+    state: &Shared,
+    svc: &Service,
+    token_in_query: bool,
+    authorization: Option<&[u8]>,
+) -> Result<(Arc<Access>, Option<HeaderValue>), Refusal> {
+    let gateway = &state.gateway;
+    if token_in_query {
+        gateway.metrics.validation(Outcome::InQuery);
+        return Err(Refusal::TokenInQuery);
+    }
+    let Some(token) = authorization.and_then(bearer) else {
+        gateway.metrics.validation(Outcome::Missing);
+        return Err(Refusal::MissingToken);
+    };
+    let now = unix_now();
+    match gateway
+        .validator
+        .validate(token, &svc.id, &svc.scopes, now)
+        .await
+    {
+        Verdict::Allowed(access) => {
+            let assertion = gateway
+                .assertions
+                .assertion(&svc.id, &svc.resource, &access, now);
+            Ok((access, assertion))
+        }
+        Verdict::Invalid(_) | Verdict::WrongService => Err(Refusal::InvalidToken),
+        Verdict::InsufficientScope => Err(Refusal::InsufficientScope),
+        Verdict::Unavailable => Err(Refusal::StoreUnavailable),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme
+/// case-insensitive). Any other scheme counts as no token.
+fn bearer(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -303,10 +297,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The synthetic response: status, RFC 6750 challenge where one applies,
-    /// and a small JSON body (`error`, `error_description`).
-    pub fn respond(self, service: Option<&Service>) -> Response {
-        let (status, error, description) = match self {
+    pub fn status(self) -> StatusCode {
+        self.parts().0
+    }
+
+    fn parts(self) -> (StatusCode, &'static str, &'static str) {
+        match self {
             Refusal::UnknownService => (StatusCode::NOT_FOUND, "not_found", "no such service"),
             Refusal::TokenInQuery => (
                 StatusCode::BAD_REQUEST,
@@ -353,7 +349,13 @@ impl Refusal {
                 "gateway_timeout",
                 "the MCP server behind this endpoint did not answer in time",
             ),
-        };
+        }
+    }
+
+    /// The synthetic response: status, RFC 6750 challenge where one applies,
+    /// and a small JSON body (`error`, `error_description`).
+    pub fn respond(self, service: Option<&Service>) -> Response {
+        let (status, error, description) = self.parts();
         let body = serde_json::json!({ "error": error, "error_description": description });
         let mut response = Response::new(Body::from(body.to_string()));
         *response.status_mut() = status;

@@ -58,14 +58,17 @@ static NEXT_KEY: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Upstream {
     service: String,
-    uri: Uri,
-    authority: HeaderValue,
-    key: usize,
+    pub(super) uri: Uri,
+    pub(super) authority: HeaderValue,
+    /// `host:port` to connect to.
+    pub(super) address: String,
+    pub(super) key: usize,
     connector: HttpConnector,
     /// This service's `upstream_response_seconds`, looked up once.
-    latency: Histogram,
-    first_byte_timeout: Duration,
-    body_limit: u64,
+    pub(super) latency: Histogram,
+    pub(super) connect_timeout: Duration,
+    pub(super) first_byte_timeout: Duration,
+    pub(super) body_limit: u64,
 }
 
 impl Upstream {
@@ -92,6 +95,11 @@ impl Upstream {
         Ok(Upstream {
             service: service.id.clone(),
             authority: HeaderValue::from_str(authority.as_str())?,
+            address: format!(
+                "{}:{}",
+                authority.host(),
+                authority.port_u16().unwrap_or(80)
+            ),
             uri,
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
             latency: metrics
@@ -101,6 +109,7 @@ impl Upstream {
                 })
                 .clone(),
             connector,
+            connect_timeout: config.connect_timeout,
             first_byte_timeout: config.first_byte_timeout,
             body_limit: config.body_limit,
         })
@@ -165,10 +174,17 @@ impl Upstream {
             }
             Err(_) => UpstreamError::Timeout,
             Ok(Err(e)) => {
-                tracing::warn!(service = %self.service, error = %e, "upstream request failed");
+                tracing::debug!(service = %self.service, error = %e, "upstream request failed");
                 classify(&e)
             }
         };
+        self.failed(metrics, kind);
+        Err(ProxyError::Upstream(kind))
+    }
+
+    /// Logs and counts a request that got no answer from this upstream.
+    pub(super) fn failed(&self, metrics: &Metrics, kind: UpstreamError) {
+        tracing::warn!(service = %self.service, ?kind, "upstream request failed");
         metrics
             .upstream_errors
             .get_or_create(&UpstreamErrorLabels {
@@ -176,7 +192,6 @@ impl Upstream {
                 kind,
             })
             .inc();
-        Err(ProxyError::Upstream(kind))
     }
 
     /// This thread's pooled client for this upstream.
@@ -220,38 +235,41 @@ const X_INKAN_SERVICES: HeaderName = HeaderName::from_static("x-inkan-services")
 const X_INKAN_ASSERTION: HeaderName = HeaderName::from_static("x-inkan-assertion");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_one_of(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
-fn strip_request_header(name: &HeaderName) -> bool {
-    is_hop_by_hop(name)
-        || name == header::HOST
-        || name == header::AUTHORIZATION
-        || name == header::COOKIE
-        || name == header::CONTENT_LENGTH
-        || name.as_str().starts_with("x-inkan-")
+/// Whether a client request header (any case) stays out of the upstream's.
+pub(super) fn strip_request_header(name: &str) -> bool {
+    is_one_of(name, &HOP_BY_HOP)
+        || is_one_of(name, &["host", "authorization", "cookie", "content-length"])
+        || name
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-inkan-"))
 }
 
-/// Upstream cookies would be set on inkan's origin, shared by every service.
-fn strip_response_header(name: &HeaderName) -> bool {
-    is_hop_by_hop(name) || name == header::SET_COOKIE
+/// Whether an upstream response header (any case) stays out of the
+/// client's. Upstream cookies would be set on inkan's origin, shared by
+/// every service.
+pub(super) fn strip_response_header(name: &str) -> bool {
+    is_one_of(name, &HOP_BY_HOP) || name.eq_ignore_ascii_case("set-cookie")
 }
 
 /// Removes `strip` and anything the `Connection` header names as
 /// connection-specific.
-fn strip_headers(headers: &mut HeaderMap, strip: fn(&HeaderName) -> bool) {
+fn strip_headers(headers: &mut HeaderMap, strip: fn(&str) -> bool) {
     let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -259,7 +277,7 @@ fn strip_headers(headers: &mut HeaderMap, strip: fn(&HeaderName) -> bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
         .collect();
-    doomed.extend(headers.keys().filter(|n| strip(n)).cloned());
+    doomed.extend(headers.keys().filter(|n| strip(n.as_str())).cloned());
     for name in doomed {
         headers.remove(name);
     }
