@@ -923,6 +923,18 @@ fn sqlite_config(path: &std::path::Path) -> String {
     )
 }
 
+/// Runs `inkan revoke <args>` and asserts it succeeded and printed `expected`.
+fn revoke_says(args: &[&str], expected: &str) {
+    let out = inkan(&[&["revoke"], args].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(expected),
+        "inkan revoke {args:?}: {} (expected {expected:?})\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn inkan(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_inkan"))
         .args(args)
@@ -955,22 +967,13 @@ async fn operator_cli_revokes_in_a_sqlite_store() {
     };
     let cfg = config_path.to_str().unwrap();
 
-    let out = inkan(&["revoke", "--user", "alice", "--config", cfg]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+    revoke_says(&["--user", "alice", "--config", cfg], "revoked 2 grant(s)");
+    revoke_says(&["--client", "c1", "--config", cfg], "revoked 1 grant(s)");
+    revoke_says(
+        &["--grant", &grants[3], "--config", cfg],
+        "revoked 1 grant(s)",
     );
-    assert!(stdout.contains("revoked 2 grant(s)"), "{stdout}");
-
-    let out = inkan(&["revoke", "--client", "c1", "--config", cfg]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 grant(s)"));
-    let out = inkan(&["revoke", "--grant", &grants[3], "--config", cfg]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 1 grant(s)"));
-    let out = inkan(&["revoke", "--session", "s4", "--config", cfg]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked 0 grant(s)"));
+    revoke_says(&["--session", "s4", "--config", cfg], "revoked 0 grant(s)");
 
     let store = inkan::store::connect(&config.store).await.unwrap();
     for id in &grants {
