@@ -203,6 +203,10 @@ pub struct GatewayConfig {
     /// How long shutdown waits for in-flight streams.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Longest a client may take to send a request head, and longest an
+    /// idle keep-alive connection stays open (slow-loris protection).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// Origins allowed by CORS on the MCP endpoints and OAuth routes; empty means any.
     pub cors_origins: Vec<String>,
 }
@@ -216,6 +220,7 @@ impl Default for GatewayConfig {
             cache_capacity: 100_000,
             cache_ttl: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
         }
     }
@@ -532,12 +537,26 @@ impl Config {
             }
         }
 
-        if self.gateway.body_limit == 0 {
+        let g = &self.gateway;
+        if g.body_limit == 0 {
             err(
                 "gateway.body_limit",
                 "0",
                 "must be a positive number of bytes",
             );
+        }
+        for (key, value) in [
+            ("gateway.connect_timeout", g.connect_timeout),
+            ("gateway.first_byte_timeout", g.first_byte_timeout),
+            ("gateway.header_read_timeout", g.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                err(
+                    key,
+                    &d(value),
+                    "must be a positive duration, such as \"30s\"",
+                );
+            }
         }
 
         if self.services.is_empty() {
@@ -758,6 +777,12 @@ mod tests {
                 "listen = \"127.0.0.1:8080\"\nworkers = 1000",
                 "workers",
                 "up to 256",
+            ),
+            (
+                "[hanko]",
+                "[gateway]\nheader_read_timeout = \"0s\"\n[hanko]",
+                "gateway.header_read_timeout",
+                "must be a positive duration",
             ),
         ];
         for (from, to, key, needle) in cases {

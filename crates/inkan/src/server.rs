@@ -19,7 +19,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tower::Service;
 
 use crate::config::Config;
@@ -210,11 +211,9 @@ async fn serve_until(
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(fast::HEADER_READ_TIMEOUT);
+        .header_read_timeout(door.state.config.gateway.header_read_timeout);
     let handed_off = GracefulShutdown::new();
-    // Every connection's task holds a sender; when all are gone, so are
-    // the connections.
-    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let mut connections = JoinSet::new();
     let mut stop_signal = stopping.clone();
     // A closed channel (the sender dropped) also means stop.
     let stop = async move {
@@ -230,14 +229,15 @@ async fn serve_until(
                     continue;
                 }
             },
+            // Finished connections leave the set as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut stop => break,
         };
         // Responses go out in one write each; Nagle would only delay them.
         let _ = tcp.set_nodelay(true);
         let (door, http, watcher) = (door.clone(), http.clone(), handed_off.watcher());
-        let (alive, mut stopping) = (alive.clone(), stopping.clone());
-        tokio::spawn(async move {
-            let _alive = alive;
+        let mut stopping = stopping.clone();
+        connections.spawn(async move {
             let mut buf = BytesMut::with_capacity(8192);
             if fast::serve(&mut tcp, &mut buf, &door.state, &mut stopping).await == Next::Close {
                 return;
@@ -255,10 +255,12 @@ async fn serve_until(
             }
         });
     }
-    drop((listener, alive));
+    drop(listener);
+    // Idle connections close at once (both paths watch `stopping` or the
+    // graceful signal between requests); busy ones finish what they serve.
     let drained = async {
         handed_off.shutdown().await;
-        let _ = all_closed.recv().await;
+        while connections.join_next().await.is_some() {}
     };
     tokio::select! {
         () = drained => {}
@@ -266,6 +268,7 @@ async fn serve_until(
             tracing::warn!(?grace, "in-flight requests outlived the shutdown grace; closing them");
         }
     }
+    // Dropping the set aborts whatever is still running.
     Ok(())
 }
 

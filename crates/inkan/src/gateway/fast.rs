@@ -6,8 +6,8 @@
 //! `Upgrade`, with at most one valid `Content-Length` — is authorized with
 //! [`super::authorize`] and proxied over a plain TCP connection from this
 //! thread's pool. Anything else, from the first byte it did not consume,
-//! goes to hyper and the router ([`Next::Handoff`]), which answer it exactly
-//! as before; so does every later request on that connection.
+//! goes to hyper and the router ([`Next::Handoff`]), which serve it like
+//! any other route; so does every later request on that connection.
 //!
 //! Why by hand: the request is already parsed once (httparse, no
 //! allocation), its head is copied once into the upstream's, and the answer
@@ -21,7 +21,8 @@
 //! chunked (tracked by [`Chunked`] to find the end, passed on verbatim),
 //! `Content-Length`, or delimited by the upstream closing, which then closes
 //! the client connection too. An upstream connection returns to the pool
-//! only after a complete HTTP/1.1 message without `Connection: close`.
+//! only after a complete HTTP/1.1 message without `Connection: close`,
+//! and leaves it only if the upstream has not closed it meanwhile.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::{Method, StatusCode};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::FutureExt as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -38,10 +40,6 @@ use super::proxy::{Upstream, strip_request_header, strip_response_header};
 use super::{MCP_ROUTE, Refusal, Service, authorize};
 use crate::metrics::UpstreamError;
 use crate::server::Shared;
-
-/// Longest a client may take to send a request head, and longest an idle
-/// keep-alive connection is kept open (slow-loris protection).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Request heads longer than this, or with more headers, go to hyper,
 /// which refuses or serves them by its own limits.
@@ -52,6 +50,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Pipelined bytes buffered while a response streams; beyond this the
 /// client is not read until the response ends.
 const PIPELINE_LIMIT: usize = 64 * 1024;
+/// Most buffer space added at once while a request body arrives.
+const BODY_READ_CHUNK: usize = 64 * 1024;
 /// Idle upstream connections kept per upstream and serving thread.
 const POOL_CAP: usize = 64;
 /// How long a closing connection keeps reading what the client still sends,
@@ -176,7 +176,7 @@ impl<'c> Conn<'c> {
         state: &'s Shared,
         stopping: &mut watch::Receiver<bool>,
     ) -> Head<'s> {
-        let deadline = tokio::time::sleep(HEADER_READ_TIMEOUT);
+        let deadline = tokio::time::sleep(state.config.gateway.header_read_timeout);
         tokio::pin!(deadline);
         loop {
             if !self.buf.is_empty() {
@@ -300,7 +300,10 @@ impl<'c> Conn<'c> {
         let fits = declared <= limit;
         if fits {
             let end = request.len + declared as usize;
-            if !self.fill(end).await {
+            if !self
+                .fill(end, state.config.gateway.header_read_timeout)
+                .await
+            {
                 return (None, false);
             }
         }
@@ -329,7 +332,9 @@ impl<'c> Conn<'c> {
                 out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(&self.buf[request.len..end]);
                 self.buf.advance(end);
-                return match self.proxy(&svc.upstream, request.close).await {
+                // GET and DELETE are idempotent (RFC 9110 §9.2.2); POST is not.
+                let idempotent = request.method != Method::POST;
+                return match self.proxy(&svc.upstream, request.close, idempotent).await {
                     Ok((status, keep_alive)) => (Some(status), keep_alive && !request.close),
                     Err(Failure::ClientGone) => (None, false),
                     Err(Failure::Upstream(kind)) => {
@@ -357,11 +362,13 @@ impl<'c> Conn<'c> {
     }
 
     /// Reads until `buf` holds `end` bytes; false if the client left or
-    /// stalled.
-    async fn fill(&mut self, end: usize) -> bool {
+    /// stalled. Memory grows with what arrives, not with what a client
+    /// declares.
+    async fn fill(&mut self, end: usize, timeout: Duration) -> bool {
         while self.buf.len() < end {
-            self.buf.reserve(end - self.buf.len());
-            match tokio::time::timeout(HEADER_READ_TIMEOUT, self.tcp.read_buf(self.buf)).await {
+            self.buf
+                .reserve((end - self.buf.len()).min(BODY_READ_CHUNK));
+            match tokio::time::timeout(timeout, self.tcp.read_buf(self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return false,
             }
@@ -375,12 +382,12 @@ impl<'c> Conn<'c> {
         &mut self,
         upstream: &Upstream,
         close: bool,
+        idempotent: bool,
     ) -> Result<(StatusCode, bool), Failure> {
         let started = Instant::now();
+        let exchange = self.exchange(upstream, close, idempotent);
         let (mut up, answer) =
-            match tokio::time::timeout(upstream.first_byte_timeout, self.exchange(upstream, close))
-                .await
-            {
+            match tokio::time::timeout(upstream.first_byte_timeout, exchange).await {
                 Ok(result) => result?,
                 Err(_) => return Err(Failure::Upstream(UpstreamError::Timeout)),
             };
@@ -444,13 +451,18 @@ impl<'c> Conn<'c> {
     }
 
     /// Writes the request upstream on a pooled connection (or a new one)
-    /// and reads the response head. A pooled connection the upstream closed
-    /// while idle fails before any answer; the request is then sent once
-    /// more on a fresh connection, as nginx does.
+    /// and reads the response head. Pooled connections the upstream closed
+    /// while idle are noticed before use and dropped. If a reused
+    /// connection fails anyway, the request goes once more on a fresh one
+    /// when that cannot run it twice: the write itself failed, or the
+    /// method is idempotent and nothing came back. A `POST` the upstream
+    /// may have received is never sent again (a `502` instead), as Go's
+    /// and nginx's clients do.
     async fn exchange(
         &mut self,
         upstream: &Upstream,
         close: bool,
+        idempotent: bool,
     ) -> Result<(TcpStream, Answer), Failure> {
         let mut pooled = upstream.take_pooled();
         loop {
@@ -460,17 +472,15 @@ impl<'c> Conn<'c> {
                 None => upstream.connect().await.map_err(Failure::Upstream)?,
             };
             self.ubuf.clear();
-            let sent = up.write_all(&self.out).await.is_ok();
-            let answer = if sent {
-                self.read_answer(&mut up, close).await
+            let (answer, replayable) = if up.write_all(&self.out).await.is_ok() {
+                let answer = self.read_answer(&mut up, close).await;
+                (answer, idempotent && self.ubuf.is_empty())
             } else {
-                Err(Failure::Upstream(UpstreamError::Unreachable))
+                (Err(Failure::Upstream(UpstreamError::Unreachable)), true)
             };
             match answer {
                 Ok(answer) => return Ok((up, answer)),
-                Err(Failure::Upstream(_)) if reused && self.ubuf.is_empty() => {
-                    upstream.clear_pool();
-                }
+                Err(Failure::Upstream(_)) if reused && replayable => upstream.clear_pool(),
                 Err(e) => return Err(e),
             }
         }
@@ -787,8 +797,12 @@ thread_local! {
 }
 
 impl Upstream {
+    /// The most recently used idle connection that is still open.
     fn take_pooled(&self) -> Option<TcpStream> {
-        POOL.with_borrow_mut(|pool| pool.get_mut(&self.key)?.pop())
+        POOL.with_borrow_mut(|pool| {
+            let idle = pool.get_mut(&self.key)?;
+            std::iter::from_fn(|| idle.pop()).find(still_open)
+        })
     }
 
     fn release(&self, up: TcpStream) {
@@ -821,6 +835,19 @@ impl Upstream {
             Ok(Err(_)) => Err(UpstreamError::Unreachable),
             Err(_) => Err(UpstreamError::Timeout),
         }
+    }
+}
+
+/// Whether an idle upstream connection is still usable: nothing (no
+/// `FIN`, no stray bytes) arrived since its last answer. The reactor's
+/// cached readiness answers without a system call unless something did.
+fn still_open(up: &TcpStream) -> bool {
+    match up.ready(Interest::READABLE).now_or_never() {
+        None => true,
+        Some(Ok(_)) => {
+            matches!(up.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+        Some(Err(_)) => false,
     }
 }
 

@@ -10,3 +10,4 @@ mod identity;
 mod oauth;
 mod revocation;
 mod store;
+mod wire;

@@ -11,6 +11,7 @@ use inkan::store::touch::Toucher;
 use inkan::store::{Grant, SharedStore, TokenKind, TokenPair};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub struct TestGateway {
@@ -19,6 +20,8 @@ pub struct TestGateway {
     pub state: AppState,
     pub toucher: Arc<Toucher>,
     server: JoinHandle<()>,
+    /// Starts the server's graceful shutdown when sent (or dropped).
+    stop: Option<oneshot::Sender<()>>,
     _dir: TempDir,
 }
 
@@ -45,6 +48,12 @@ pub async fn start(tail: &str) -> TestGateway {
 /// [`start`] with Hanko at `hanko_api_url` (e.g. the emulator), whose keys
 /// are fetched before this returns.
 pub async fn start_with_hanko(tail: &str, hanko_api_url: &str) -> TestGateway {
+    start_configured("", tail, hanko_api_url).await
+}
+
+/// [`start_with_hanko`] with `top_level` keys (such as `workers`) placed
+/// before the first section.
+pub async fn start_configured(top_level: &str, tail: &str, hanko_api_url: &str) -> TestGateway {
     let dir = tempfile::tempdir().expect("temp dir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -53,6 +62,7 @@ pub async fn start_with_hanko(tail: &str, hanko_api_url: &str) -> TestGateway {
         r#"
         public_url = "{url}"
         listen = "{addr}"
+        {top_level}
         [hanko]
         api_url = "{hanko_api_url}"
         audience = "localhost"
@@ -71,8 +81,12 @@ pub async fn start_with_hanko(tail: &str, hanko_api_url: &str) -> TestGateway {
     let _ = state.identity.refresh_jwks().await;
     let toucher = Arc::clone(&state.toucher);
     let served = state.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        inkan::server::run(listener, served, std::future::pending())
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        inkan::server::run(listener, served, shutdown)
             .await
             .expect("server runs");
     });
@@ -81,6 +95,7 @@ pub async fn start_with_hanko(tail: &str, hanko_api_url: &str) -> TestGateway {
         state,
         toucher,
         server,
+        stop: Some(stop),
         _dir: dir,
     }
 }
@@ -107,6 +122,16 @@ pub fn grant(services: &[&str], scopes: &[&str]) -> (Grant, i64) {
 }
 
 impl TestGateway {
+    /// Begins a graceful shutdown, as SIGTERM does for `inkan serve`.
+    pub fn shut_down(&mut self) {
+        self.stop.take();
+    }
+
+    /// Waits for `inkan::server::run` to return after [`Self::shut_down`].
+    pub async fn stopped(&mut self) {
+        (&mut self.server).await.expect("server task ends cleanly");
+    }
+
     pub fn store(&self) -> &SharedStore {
         &self.state.store
     }
