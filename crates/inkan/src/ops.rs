@@ -1,8 +1,6 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (the
 //! store answers and Hanko's keys are loaded), `/metrics` (Prometheus text).
 
-use std::sync::atomic::Ordering;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -27,10 +25,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         tracing::warn!(error = %e, "not ready: store unavailable");
         return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response();
     }
-    // A fetch that did not fail is a JWKS that loaded: until then no Hanko
-    // session can be verified, so sign-in cannot work.
-    let jwks = state.identity.jwks_stats();
-    if jwks.fetches.load(Ordering::Relaxed) <= jwks.failures.load(Ordering::Relaxed) {
+    // Without usable keys no Hanko session can be verified, so sign-in
+    // cannot work (never loaded, or the last good set is past
+    // `hanko.jwks_max_staleness`).
+    if !state.identity.keys_loaded() {
         return (StatusCode::SERVICE_UNAVAILABLE, "Hanko keys not loaded\n").into_response();
     }
     (StatusCode::OK, "ready\n").into_response()

@@ -120,6 +120,13 @@ impl JwksCache {
         &self.stats
     }
 
+    /// Whether a key set is loaded and not past `jwks_max_staleness`, so
+    /// that Hanko sessions can be verified now.
+    pub fn usable(&self) -> bool {
+        self.snapshot()
+            .is_some_and(|set| Instant::now() < set.usable_until && !set.keys.is_empty())
+    }
+
     fn snapshot(&self) -> Option<Arc<KeySet>> {
         self.current
             .read()
@@ -421,5 +428,46 @@ mod tests {
             Some(JwksError::NoUsableKey)
         );
         assert!(matches!(parse_jwks(b"[]"), Err(JwksError::Invalid(_))));
+    }
+
+    #[test]
+    fn keys_past_max_staleness_stop_verifying() {
+        let config = crate::config::Config::from_toml_str(
+            r#"
+            public_url = "https://mcp.example.com"
+            listen = "127.0.0.1:8080"
+            [hanko]
+            api_url = "http://127.0.0.1:9"
+            audience = "localhost"
+            [[services]]
+            id = "notes"
+            name = "Notes"
+            upstream = "http://127.0.0.1:9000/mcp"
+            "#,
+        )
+        .unwrap();
+        let cache = JwksCache::new(&config.hanko, reqwest::Client::new());
+        assert!(!cache.usable(), "nothing loaded yet");
+        let n = URL_SAFE_NO_PAD.encode([0xc5u8; 256]);
+        let body = serde_json::json!({"keys": [{"kty": "RSA", "kid": "k", "n": n, "e": "AQAB"}]});
+        let keys = parse_jwks(body.to_string().as_bytes()).unwrap();
+        let now = Instant::now();
+        let install = |fresh_until, usable_until| {
+            *cache.current.write().unwrap() = Some(Arc::new(KeySet {
+                keys: keys.clone(),
+                fresh_until,
+                usable_until,
+            }));
+        };
+
+        // Stale (Hanko unreachable since) but within max staleness: still used.
+        install(now - Duration::from_secs(60), now + Duration::from_secs(60));
+        assert!(cache.usable());
+        assert!(matches!(cache.lookup("k", now), (Lookup::Found(_), false)));
+
+        // Past max staleness: no key verifies, and /readyz says so.
+        install(now - Duration::from_secs(120), now - Duration::from_secs(1));
+        assert!(!cache.usable());
+        assert!(matches!(cache.lookup("k", now), (Lookup::Unusable, false)));
     }
 }

@@ -103,6 +103,11 @@ impl Identity {
         self.jwks.refresh_now().await
     }
 
+    /// Whether Hanko's keys are loaded and usable (for `/readyz`).
+    pub fn keys_loaded(&self) -> bool {
+        self.jwks.usable()
+    }
+
     /// Fetch, hit and failure counters of the JWKS cache (for `/metrics`).
     pub fn jwks_stats(&self) -> &JwksStats {
         self.jwks.stats()
