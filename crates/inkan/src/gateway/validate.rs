@@ -12,7 +12,7 @@
 //! to Hanko on a cache hit. With a Hanko admin API configured, a cache miss
 //! asks whether the grant's Hanko session still exists (answers cached,
 //! single-flight; see [`Validator::check_liveness_with`]) and revokes the
-//! grant when it does not. A store failure is [`Verdict::Unavailable`]
+//! grant when it does not, telling the other instances through [`Announce`]. A store failure is [`Verdict::Unavailable`]
 //! (503), never a 401.
 //!
 //! Scope rule: a service that lists scopes accepts a token carrying **at
@@ -34,7 +34,7 @@ use crate::identity::{Identity, Liveness};
 use crate::metrics::{CacheLabels, CacheResult, Metrics, Outcome};
 use crate::store::token::grant_id_of;
 use crate::store::touch::Toucher;
-use crate::store::{AccessView, SharedStore, TokenHash, TokenKind};
+use crate::store::{AccessView, Revoked, SharedStore, TokenHash, TokenKind};
 
 /// Who a valid token speaks for, derived once per grant and cached.
 #[derive(Debug)]
@@ -128,7 +128,20 @@ pub struct Validator {
     generation: AtomicU64,
     bind_to_session: bool,
     /// Asked on cache misses whether the grant's Hanko session still exists.
-    liveness: OnceLock<Arc<Identity>>,
+    liveness: OnceLock<LivenessCheck>,
+}
+
+/// Told of grants the gateway revoked on its own (a Hanko session found
+/// gone on a cache miss), after this instance's cache dropped them, so
+/// that other instances drop them too.
+#[async_trait::async_trait]
+pub trait Announce: Send + Sync {
+    async fn revoked(&self, revoked: &Revoked);
+}
+
+struct LivenessCheck {
+    identity: Arc<Identity>,
+    announce: Arc<dyn Announce>,
 }
 
 impl Validator {
@@ -268,24 +281,30 @@ impl Validator {
     }
 
     /// Makes cache misses check the grant's Hanko session through the admin
-    /// API (a no-op answer when none is configured). Set once at startup.
-    pub fn check_liveness_with(&self, identity: Arc<Identity>) {
-        let _ = self.liveness.set(identity);
+    /// API (a no-op answer when none is configured); grants found dead are
+    /// revoked and reported to `announce`. Set once at startup.
+    pub fn check_liveness_with(&self, identity: Arc<Identity>, announce: Arc<dyn Announce>) {
+        let _ = self.liveness.set(LivenessCheck { identity, announce });
     }
 
     /// `Ok(false)` when Hanko says the grant's session is gone: the grant is
     /// revoked here and now. An unreachable admin API does not block
     /// requests; session-bound expiry and webhooks still end the grant.
     async fn session_alive(&self, view: &AccessView) -> Result<bool, ()> {
-        let Some(identity) = self.liveness.get() else {
+        let Some(check) = self.liveness.get() else {
             return Ok(true);
         };
         let g = &view.grant;
-        match identity.session_alive(&g.user_id, &g.session_id).await {
+        match check
+            .identity
+            .session_alive(&g.user_id, &g.session_id)
+            .await
+        {
             Ok(Liveness::Alive | Liveness::NotChecked) => Ok(true),
             Ok(Liveness::Gone) => match self.store.revoke_grant(&g.grant_id).await {
                 Ok(revoked) => {
                     self.invalidate_grants(&revoked.grants);
+                    check.announce.revoked(&revoked).await;
                     tracing::info!(grant_id = %g.grant_id, "Hanko session gone; grant revoked");
                     Ok(false)
                 }

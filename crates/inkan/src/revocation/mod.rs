@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
+use crate::gateway::validate::Announce;
 use crate::server::{AppState, Shared};
 use crate::store::Revoked;
 
@@ -146,15 +147,28 @@ impl GrantCache for GatewayCache {
     }
 }
 
+/// Publishes the grants the gateway revoked itself (its cache already
+/// dropped them); weak for the same reason as [`GatewayCache`].
+struct BusAnnouncer(Weak<Shared>);
+
+#[async_trait::async_trait]
+impl Announce for BusAnnouncer {
+    async fn revoked(&self, revoked: &Revoked) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.revocation.publish(revoked).await;
+        }
+    }
+}
+
 /// Connects revocation to the rest of the app once the state exists:
 /// registers the Hanko webhook handler, lets the gateway check session
 /// liveness on cache misses, and starts listening on the bus. Call once at
 /// startup, inside the runtime.
 pub fn start(state: &AppState) {
-    state
-        .gateway
-        .validator
-        .check_liveness_with(state.identity.clone());
+    state.gateway.validator.check_liveness_with(
+        state.identity.clone(),
+        Arc::new(BusAnnouncer(Arc::downgrade(&state.0))),
+    );
     let handler = webhook::WebhookRevoker(Arc::downgrade(&state.0));
     if !state.identity.set_webhook_handler(Arc::new(handler)) {
         tracing::warn!("a Hanko webhook handler was already registered");

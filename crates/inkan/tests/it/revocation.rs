@@ -687,6 +687,33 @@ async fn a_grant_whose_session_is_gone_dies_at_its_next_cache_miss() {
 }
 
 #[tokio::test]
+async fn a_session_found_gone_on_one_instance_is_dropped_by_the_others() {
+    let hanko = emulator(Vec::new()).await;
+    let up = upstream().await;
+    let store = shared_redis("liveness").await;
+    // A asks Hanko on every request (no cache) and remembers answers for a
+    // second; B caches validations for ten minutes and never asks Hanko.
+    let asks = format!(
+        "[hanko]\nadmin_api_url = \"{}\"\nliveness_cache = \"1s\"\n[gateway]\ncache_capacity = 0",
+        hanko.admin_url()
+    );
+    let a = instance(bind().await.0, &hanko, &up, &store, &asks).await;
+    let b = instance(bind().await.0, &hanko, &up, &store, "").await;
+    let alice = sign_in(&hanko, "alice@example.com");
+    let app = connect_app(&a, &alice, "Alice's app").await;
+    assert_eq!(mcp(&b, &app.access).await, 200, "cached on B");
+    assert!(
+        hanko
+            .delete_session(&alice.user_id, &alice.session_id)
+            .await
+    );
+    until_refused(&a, &app.access, Duration::from_secs(30)).await;
+    // Only the bus can tell B before its cache entry expires.
+    let took = until_refused(&b, &app.access, Duration::from_secs(5)).await;
+    println!("B refused {took:?} after A found the session gone");
+}
+
+#[tokio::test]
 async fn instances_recover_from_a_redis_restart() {
     let redis = Arc::new(RedisServer::start_new());
     let store = format!(
