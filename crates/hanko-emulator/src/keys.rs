@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 /// One RSA key of the key set; the newest one signs.
 pub(crate) struct SigningKey {
     pub kid: String,
+    /// The private key, PKCS#8 DER, kept for the state file.
+    pkcs8: Vec<u8>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     n: String,
@@ -33,21 +35,32 @@ impl SigningKey {
         let pair = KeyPair::generate(size).map_err(|_| anyhow!("RSA key generation failed"))?;
         let pkcs8 = AsDer::<Pkcs8V1Der>::as_der(&pair)
             .map_err(|_| anyhow!("cannot serialise the RSA key"))?;
+        SigningKey::from_pkcs8(uuid::Uuid::new_v4().to_string(), pkcs8.as_ref())
+    }
+
+    /// A key saved earlier with [`Self::pkcs8`].
+    pub fn from_pkcs8(kid: String, pkcs8: &[u8]) -> anyhow::Result<SigningKey> {
+        let pair = KeyPair::from_pkcs8(pkcs8).map_err(|_| anyhow!("not an RSA PKCS#8 key"))?;
         // jsonwebtoken reads PKCS#1 DER or PEM; aws-lc-rs writes PKCS#8, which
         // jsonwebtoken unwraps when it comes as PEM.
-        let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())
-            .context("jsonwebtoken refused the generated key")?;
+        let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8).as_bytes())
+            .context("jsonwebtoken refused the RSA key")?;
         let public = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
         let n = URL_SAFE_NO_PAD.encode(&public.n);
         let e = URL_SAFE_NO_PAD.encode(&public.e);
         let decoding = DecodingKey::from_rsa_components(&n, &e)?;
         Ok(SigningKey {
-            kid: uuid::Uuid::new_v4().to_string(),
+            kid,
+            pkcs8: pkcs8.to_vec(),
             encoding,
             decoding,
             n,
             e,
         })
+    }
+
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
     }
 
     /// An RS256 JWS over `claims` with this key's `kid`, as Hanko signs.

@@ -12,6 +12,7 @@ mod routes;
 mod state;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,9 @@ pub struct EmulatorConfig {
     pub webhooks: Vec<String>,
     /// `iss` of session JWTs; Hanko omits it unless configured.
     pub issuer: Option<String>,
+    /// Where keys, users and sessions are kept across restarts (JSON,
+    /// owner-only, rewritten on every change); `None` keeps them in memory.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for EmulatorConfig {
@@ -50,6 +54,7 @@ impl Default for EmulatorConfig {
             admin_api_key: None,
             webhooks: Vec::new(),
             issuer: None,
+            state_file: None,
         }
     }
 }
@@ -286,5 +291,70 @@ mod tests {
         assert!(!emu.remove_key(&first));
         assert_eq!(emu.jwks_requests(), 1);
         emu.shutdown().await;
+    }
+    async fn validates(emu: &Emulator, jwt: &str) -> bool {
+        let answer: Value = reqwest::Client::new()
+            .post(format!("{}/sessions/validate", emu.url()))
+            .json(&serde_json::json!({ "session_token": jwt }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["is_valid"] == true
+    }
+
+    #[tokio::test]
+    async fn a_state_file_keeps_keys_users_and_sessions_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hanko.json");
+        let config = EmulatorConfig {
+            key_bits: 2048,
+            state_file: Some(path.clone()),
+            ..EmulatorConfig::default()
+        };
+        let emu = start("127.0.0.1:0".parse().unwrap(), config.clone())
+            .await
+            .unwrap();
+        let alice = emu.create_user("alice@example.com").unwrap();
+        let kept = emu.create_session(&alice.id).unwrap();
+        let ended = emu.create_session(&alice.id).unwrap();
+        assert!(emu.delete_session(&alice.id, &ended.session_id).await);
+        let kid = emu.current_kid().unwrap();
+        emu.shutdown().await;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "private keys are the owner's only");
+        }
+
+        let emu = start("127.0.0.1:0".parse().unwrap(), config.clone())
+            .await
+            .unwrap();
+        assert_eq!(emu.current_kid().unwrap(), kid);
+        assert_eq!(
+            emu.state().user_by_email("alice@example.com").unwrap().id,
+            alice.id
+        );
+        assert!(validates(&emu, &kept.jwt).await, "a kept session verifies");
+        assert!(
+            !validates(&emu, &ended.jwt).await,
+            "an ended one stays ended"
+        );
+        emu.shutdown().await;
+
+        // A damaged file stops the emulator with a clear message; it is
+        // not overwritten.
+        std::fs::write(&path, b"{ not json").unwrap();
+        let err = start("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .err()
+            .expect("a damaged state file is refused");
+        assert!(
+            format!("{err:#}").contains("move it away to start afresh"),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"{ not json");
     }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -32,6 +33,9 @@ struct Args {
     /// `iss` claim of session JWTs (omitted by default, as Hanko does).
     #[arg(long)]
     issuer: Option<String>,
+    /// Keep keys, users and sessions in this JSON file across restarts.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         admin_api_key: args.admin_api_key,
         webhooks: args.webhook,
         issuer: args.issuer,
+        state_file: args.state_file,
     };
     let emulator = hanko_emulator::start(args.listen, config).await?;
     tracing::info!(url = emulator.url(), "Hanko emulator listening");

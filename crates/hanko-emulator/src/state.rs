@@ -2,11 +2,17 @@
 //! shared by the HTTP routes and the [`crate::Emulator`] handle.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde::Deserialize;
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -15,12 +21,13 @@ use crate::EmulatorConfig;
 use crate::keys::SigningKey;
 
 /// A Hanko user as the emulator knows it: one primary, verified email.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: String,
     pub email: String,
     /// Hanko gives every email address its own id.
     pub email_id: String,
+    #[serde(with = "time::serde::timestamp")]
     pub created_at: OffsetDateTime,
 }
 
@@ -34,14 +41,17 @@ pub struct SessionToken {
     pub expires_at: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SessionRecord {
     pub id: String,
     pub user_id: String,
     pub user_agent: String,
     pub ip_address: String,
+    #[serde(with = "time::serde::timestamp")]
     pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::timestamp")]
     pub last_used: OffsetDateTime,
+    #[serde(with = "time::serde::timestamp")]
     pub expires_at: OffsetDateTime,
 }
 
@@ -49,6 +59,65 @@ pub(crate) struct SessionRecord {
 struct Db {
     users: HashMap<String, User>,
     sessions: HashMap<String, SessionRecord>,
+}
+
+/// The state file ([`EmulatorConfig::state_file`]): keys, users and
+/// sessions, so that a restart keeps every issued session valid.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    /// Oldest first, as in [`State::keys`].
+    keys: Vec<SavedKey>,
+    users: Vec<User>,
+    sessions: Vec<SessionRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedKey {
+    kid: String,
+    /// PKCS#8 DER, base64.
+    pkcs8: String,
+}
+
+impl Saved {
+    fn read(path: &Path) -> anyhow::Result<(Vec<Arc<SigningKey>>, Db)> {
+        let text = std::fs::read(path)?;
+        let saved: Saved = serde_json::from_slice(&text)?;
+        let keys = saved
+            .keys
+            .into_iter()
+            .map(|k| {
+                let der = STANDARD.decode(&k.pkcs8)?;
+                Ok(Arc::new(SigningKey::from_pkcs8(k.kid, &der)?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let at = now();
+        let db = Db {
+            users: saved.users.into_iter().map(|u| (u.id.clone(), u)).collect(),
+            sessions: saved
+                .sessions
+                .into_iter()
+                .filter(|s| s.expires_at > at)
+                .map(|s| (s.id.clone(), s))
+                .collect(),
+        };
+        Ok((keys, db))
+    }
+
+    /// Replaces `path` whole (a new file renamed over it), readable by
+    /// its owner only: it holds private keys.
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(&serde_json::to_vec_pretty(self)?)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    }
 }
 
 /// Claims of a session JWT that the emulator reads back.
@@ -124,19 +193,67 @@ impl SessionRecord {
 }
 
 impl State {
+    /// A fresh world, or the one in `config.state_file` when that exists.
     pub fn new(config: EmulatorConfig) -> anyhow::Result<State> {
-        let first = SigningKey::generate(config.key_bits)?;
+        let (keys, db) = match &config.state_file {
+            Some(path) if path.exists() => Saved::read(path).with_context(|| {
+                format!(
+                    "cannot read the emulator state in {}; move it away to start afresh",
+                    path.display()
+                )
+            })?,
+            _ => (
+                vec![Arc::new(SigningKey::generate(config.key_bits)?)],
+                Db::default(),
+            ),
+        };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
-        Ok(State {
+        let state = State {
             config,
-            keys: RwLock::new(vec![Arc::new(first)]),
-            db: Mutex::new(Db::default()),
+            keys: RwLock::new(keys),
+            db: Mutex::new(db),
             available: AtomicBool::new(true),
             jwks_requests: AtomicU64::new(0),
             http,
-        })
+        };
+        if let Some(path) = &state.config.state_file {
+            state.saved().write(path).with_context(|| {
+                format!("cannot write the emulator state to {}", path.display())
+            })?;
+        }
+        Ok(state)
+    }
+
+    fn saved(&self) -> Saved {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|k| SavedKey {
+                kid: k.kid.clone(),
+                pkcs8: STANDARD.encode(k.pkcs8()),
+            })
+            .collect();
+        let db = self.db();
+        Saved {
+            keys,
+            users: db.users.values().cloned().collect(),
+            sessions: db.sessions.values().cloned().collect(),
+        }
+    }
+
+    /// Writes the state file, if there is one, after a change. Call with no
+    /// lock held. A failed write is logged: the running emulator is fine,
+    /// only a restart would forget the change.
+    fn persist(&self) {
+        if let Some(path) = &self.config.state_file
+            && let Err(e) = self.saved().write(path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not save the emulator state");
+        }
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Db> {
@@ -163,14 +280,21 @@ impl State {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::new(key));
+        self.persist();
         Ok(kid)
     }
 
     pub fn remove_key(&self, kid: &str) -> bool {
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        let before = keys.len();
-        keys.retain(|k| k.kid != kid);
-        keys.len() != before
+        let removed = {
+            let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            let before = keys.len();
+            keys.retain(|k| k.kid != kid);
+            keys.len() != before
+        };
+        if removed {
+            self.persist();
+        }
+        removed
     }
 
     pub fn current_kid(&self) -> Option<String> {
@@ -186,21 +310,25 @@ impl State {
     }
 
     pub fn create_user(&self, email: &str) -> anyhow::Result<User> {
-        let mut db = self.db();
-        if db
-            .users
-            .values()
-            .any(|u| u.email.eq_ignore_ascii_case(email))
-        {
-            anyhow::bail!("a user with email {email} already exists");
-        }
-        let user = User {
-            id: uuid::Uuid::new_v4().to_string(),
-            email: email.to_string(),
-            email_id: uuid::Uuid::new_v4().to_string(),
-            created_at: now(),
+        let user = {
+            let mut db = self.db();
+            if db
+                .users
+                .values()
+                .any(|u| u.email.eq_ignore_ascii_case(email))
+            {
+                anyhow::bail!("a user with email {email} already exists");
+            }
+            let user = User {
+                id: uuid::Uuid::new_v4().to_string(),
+                email: email.to_string(),
+                email_id: uuid::Uuid::new_v4().to_string(),
+                created_at: now(),
+            };
+            db.users.insert(user.id.clone(), user.clone());
+            user
         };
-        db.users.insert(user.id.clone(), user.clone());
+        self.persist();
         Ok(user)
     }
 
@@ -253,6 +381,7 @@ impl State {
             expires_at: OffsetDateTime::from_unix_timestamp(exp)?,
         };
         self.db().sessions.insert(session_id.clone(), record);
+        self.persist();
         Ok(SessionToken {
             jwt,
             session_id,
@@ -299,17 +428,27 @@ impl State {
     }
 
     pub fn delete_session(&self, user_id: &str, session_id: &str) -> Option<SessionRecord> {
-        let mut db = self.db();
-        match db.sessions.get(session_id) {
-            Some(s) if s.user_id == user_id => db.sessions.remove(session_id),
-            _ => None,
+        let removed = {
+            let mut db = self.db();
+            match db.sessions.get(session_id) {
+                Some(s) if s.user_id == user_id => db.sessions.remove(session_id),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            self.persist();
         }
+        removed
     }
 
     pub fn delete_user(&self, user_id: &str) -> Option<User> {
-        let mut db = self.db();
-        let user = db.users.remove(user_id)?;
-        db.sessions.retain(|_, s| s.user_id != user_id);
+        let user = {
+            let mut db = self.db();
+            let user = db.users.remove(user_id)?;
+            db.sessions.retain(|_, s| s.user_id != user_id);
+            user
+        };
+        self.persist();
         Some(user)
     }
 

@@ -74,6 +74,9 @@ pub async fn run(data_dir: &Path, ports: DevPorts) -> anyhow::Result<()> {
             audience: vec!["localhost".into()],
             key_bits: 2048,
             webhooks: vec![format!("{}/hanko/webhook", config.public_url)],
+            // Users, sessions and keys survive restarts like inkan's store,
+            // so connected apps keep working and keep their user.
+            state_file: Some(data_dir.join("hanko-emulator.json")),
             ..Default::default()
         },
     )
