@@ -4,14 +4,38 @@
 
 use std::sync::Arc;
 
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use url::{Host, Url};
 
 use super::{OAuthError, Params, now};
 use crate::server::AppState;
 use crate::store::{Client, ClientAuthMethod, ClientSource, TokenHash};
+
+/// The form of a token, revocation or introspection request, and the
+/// client it authenticates (RFC 6749 §2.3): one extractor for the three
+/// endpoints, so they cannot disagree on how a client proves itself.
+pub struct ClientForm {
+    pub client: Arc<Client>,
+    pub params: Params,
+}
+
+impl FromRequest<AppState> for ClientForm {
+    type Rejection = OAuthError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, OAuthError> {
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|_| OAuthError::PayloadTooLarge)?;
+        let (params, _) = Params::parse(&body, &[])?;
+        let client = authenticate(state, &headers, &params).await?;
+        Ok(ClientForm { client, params })
+    }
+}
 
 /// Longest redirect URI accepted anywhere.
 pub const MAX_URI_LEN: usize = 2048;

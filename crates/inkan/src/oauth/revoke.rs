@@ -5,13 +5,12 @@
 //! neither revoke nor inspect another's tokens.
 
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde_json::json;
 
-use super::{OAuthError, Params, client, now};
+use super::client::ClientForm;
+use super::{OAuthError, now};
 use crate::server::AppState;
 use crate::store::token::grant_id_of;
 use crate::store::{ClientAuthMethod, Revoked, TokenHash, TokenKind};
@@ -29,12 +28,8 @@ fn no_store(value: serde_json::Value) -> Response {
 /// with 200 as well (RFC 7009 §2.2), so the answer reveals nothing.
 pub async fn revoke(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientForm { client, params }: ClientForm,
 ) -> Result<Response, OAuthError> {
-    let body = body.map_err(|_| OAuthError::PayloadTooLarge)?;
-    let (params, _) = Params::parse(&body, &[])?;
-    let client = client::authenticate(&state, &headers, &params).await?;
     let token = params.require("token")?;
 
     if let Some(grant_id) = grant_id_of(TokenKind::Refresh, token) {
@@ -75,12 +70,8 @@ pub async fn revoke(
 /// never `active: false`, which would log users out.
 pub async fn introspect(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientForm { client, params }: ClientForm,
 ) -> Result<Response, OAuthError> {
-    let body = body.map_err(|_| OAuthError::PayloadTooLarge)?;
-    let (params, _) = Params::parse(&body, &[])?;
-    let client = client::authenticate(&state, &headers, &params).await?;
     if client.auth_method == ClientAuthMethod::None {
         return Err(OAuthError::invalid_client(
             "introspection is for confidential clients",

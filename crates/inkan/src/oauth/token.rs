@@ -3,17 +3,16 @@
 //! token.
 
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{OAuthError, Params, client, now};
+use super::client::ClientForm;
+use super::{OAuthError, Params, now};
 use crate::identity::Liveness;
 use crate::server::AppState;
 use crate::store::token::{grant_id_of, mint, successor};
@@ -75,12 +74,8 @@ fn check_resource(params: &Params, grant: &Grant) -> Result<(), OAuthError> {
 
 pub async fn token(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    ClientForm { client, params }: ClientForm,
 ) -> Result<Response, OAuthError> {
-    let body = body.map_err(|_| OAuthError::PayloadTooLarge)?;
-    let (params, _) = Params::parse(&body, &[])?;
-    let client = client::authenticate(&state, &headers, &params).await?;
     match params.get("grant_type") {
         Some("authorization_code") => exchange_code(&state, &client, &params).await,
         Some("refresh_token") => refresh(&state, &client, &params).await,
