@@ -432,21 +432,7 @@ mod tests {
 
     #[test]
     fn keys_past_max_staleness_stop_verifying() {
-        let config = crate::config::Config::from_toml_str(
-            r#"
-            public_url = "https://mcp.example.com"
-            listen = "127.0.0.1:8080"
-            [hanko]
-            api_url = "http://127.0.0.1:9"
-            audience = "localhost"
-            [[services]]
-            id = "notes"
-            name = "Notes"
-            upstream = "http://127.0.0.1:9000/mcp"
-            "#,
-        )
-        .unwrap();
-        let cache = JwksCache::new(&config.hanko, reqwest::Client::new());
+        let cache = JwksCache::new(&super::super::tests::hanko_config(), reqwest::Client::new());
         assert!(!cache.usable(), "nothing loaded yet");
         let n = URL_SAFE_NO_PAD.encode([0xc5u8; 256]);
         let body = serde_json::json!({"keys": [{"kty": "RSA", "kid": "k", "n": n, "e": "AQAB"}]});

@@ -163,8 +163,9 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn identity() -> Identity {
-        let config = crate::config::Config::from_toml_str(
+    /// A `[hanko]` section pointing at a closed port (nothing is fetched).
+    pub(super) fn hanko_config() -> crate::config::HankoConfig {
+        crate::config::Config::from_toml_str(
             r#"
             public_url = "https://mcp.example.com"
             listen = "127.0.0.1:8080"
@@ -178,8 +179,12 @@ mod tests {
             upstream = "http://127.0.0.1:9000/mcp"
             "#,
         )
-        .unwrap();
-        Identity::new(&config.hanko)
+        .unwrap()
+        .hanko
+    }
+
+    fn identity() -> Identity {
+        Identity::new(&hanko_config())
     }
 
     #[test]

@@ -2,6 +2,10 @@
 
 use std::process::Command;
 
+use hanko_emulator::SessionToken;
+
+use crate::support::flow::{Endpoint, connect_app, mcp, refresh};
+
 const GOOD: &str = r#"
 public_url = "https://mcp.example.com"
 listen = "127.0.0.1:0"
@@ -100,14 +104,53 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `inkan dev` as a client sees it.
+struct Dev {
+    base: String,
+    /// The Hanko emulator it started.
+    hanko: String,
+}
+
+impl Endpoint for Dev {
+    fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn service(&self) -> &str {
+        "demo"
+    }
+}
+
+impl Dev {
+    /// Signs in at the emulator as the login page's email form does.
+    async fn sign_in(&self, email: &str) -> SessionToken {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/dev/sign-in", self.hanko))
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        SessionToken {
+            jwt: answer["session_token"].as_str().unwrap().to_string(),
+            user_id: answer["user_id"].as_str().unwrap().to_string(),
+            session_id: String::new(),
+            expires_at: 0,
+        }
+    }
+}
+
 /// Starts `inkan dev` on free ports and waits for its banner.
-fn start_dev(data_dir: &std::path::Path, port: u16) -> (std::process::Child, String) {
+fn start_dev(data_dir: &std::path::Path, port: u16) -> (std::process::Child, String, Dev) {
     use std::io::{BufRead, BufReader};
+    let hanko_port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_inkan"))
         .args(["dev", "--data-dir"])
         .arg(data_dir)
         .args(["--port", &port.to_string()])
-        .args(["--hanko-port", &free_port().to_string()])
+        .args(["--hanko-port", &hanko_port.to_string()])
         .args(["--upstream-port", &free_port().to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -123,7 +166,11 @@ fn start_dev(data_dir: &std::path::Path, port: u16) -> (std::process::Child, Str
             break;
         }
     }
-    (child, banner)
+    let dev = Dev {
+        base: format!("http://127.0.0.1:{port}"),
+        hanko: format!("http://127.0.0.1:{hanko_port}"),
+    };
+    (child, banner, dev)
 }
 
 fn interrupt(child: &mut std::process::Child) -> i32 {
@@ -139,10 +186,10 @@ fn interrupt(child: &mut std::process::Child) -> i32 {
 async fn dev_runs_everything_and_keeps_its_store_across_restarts() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let (mut dev, banner) = start_dev(data.path(), port);
-    let mcp = format!("http://127.0.0.1:{port}/mcp/demo");
+    let (mut dev, banner, endpoint) = start_dev(data.path(), port);
+    let mcp_url = format!("http://127.0.0.1:{port}/mcp/demo");
     assert!(
-        banner.contains(&format!("MCP server URL   {mcp}")),
+        banner.contains(&format!("MCP server URL   {mcp_url}")),
         "{banner}"
     );
     assert!(
@@ -155,7 +202,7 @@ async fn dev_runs_everything_and_keeps_its_store_across_restarts() {
     );
 
     let http = reqwest::Client::new();
-    let r = http.post(&mcp).send().await.unwrap();
+    let r = http.post(&mcp_url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let challenge = r.headers()["www-authenticate"]
         .to_str()
@@ -195,9 +242,22 @@ async fn dev_runs_everything_and_keeps_its_store_across_restarts() {
         .await
         .unwrap();
     let client_id = reg["client_id"].as_str().unwrap().to_string();
+    // So is an app connected today, with the user it was connected for.
+    let alice = endpoint.sign_in("alice@example.com").await;
+    let app = connect_app(&endpoint, &alice, "Alice's app").await;
+    assert_eq!(mcp(&endpoint, &app.access).await, 200);
     assert_eq!(interrupt(&mut dev), 0, "Ctrl-C stops dev cleanly");
 
-    let (mut dev, _) = start_dev(data.path(), port);
+    let (mut dev, _, endpoint) = start_dev(data.path(), port);
+    // The first request after a restart misses the cache and asks the
+    // emulator's admin API whether Alice's session still exists: it does.
+    assert_eq!(mcp(&endpoint, &app.access).await, 200);
+    assert_eq!(refresh(&endpoint, &app).await, 200);
+    assert_eq!(
+        endpoint.sign_in("alice@example.com").await.user_id,
+        alice.user_id,
+        "the same email is the same user"
+    );
     let authorize = format!(
         "http://127.0.0.1:{port}/oauth/authorize?response_type=code&client_id={client_id}&redirect_uri=http://127.0.0.1:5555/callback&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&state=s"
     );

@@ -7,6 +7,7 @@ use axum::http::header;
 use serde_json::{Value, json};
 
 use crate::support::app::{Pkce, TestApp};
+use crate::support::flow::hidden_fields;
 
 const REDIRECT: &str = "https://client.example/callback";
 
@@ -30,58 +31,6 @@ fn location_params(response: &reqwest::Response) -> (url::Url, HashMap<String, S
         .unwrap();
     let params = url.query_pairs().into_owned().collect();
     (url, params)
-}
-
-/// Undoes HTML escaping: named entities and decimal/hex character references.
-fn unescape(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let Some(end) = rest.find(';') else { break };
-        let entity = &rest[1..end];
-        let ch = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ => entity
-                .strip_prefix("#x")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
-        };
-        match ch {
-            Some(c) => {
-                out.push(c);
-                rest = &rest[end + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The hidden fields of the consent form, in page order.
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = html;
-    while let Some(i) = rest.find("<input type=\"hidden\" name=\"") {
-        rest = &rest[i + 27..];
-        let name_end = rest.find('"').unwrap();
-        let name = &rest[..name_end];
-        let value_start = rest.find("value=\"").unwrap() + 7;
-        let value_end = value_start + rest[value_start..].find('"').unwrap();
-        out.push((unescape(name), unescape(&rest[value_start..value_end])));
-        rest = &rest[value_end..];
-    }
-    out
 }
 
 /// A signed-in user and a registered public client, ready to authorize.

@@ -5,8 +5,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use hanko_emulator::{Emulator, EmulatorConfig, SessionToken};
@@ -15,10 +13,12 @@ use inkan::revocation::{GrantCache, Revocation};
 use inkan::server::AppState;
 use inkan::store::Revoked;
 use reqwest::StatusCode;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::support::flow::{
+    Endpoint, Tokens, connect_app, cookie, field, hidden_fields, http, mcp, refresh, until_refused,
+};
 use crate::support::redis::{RedisServer, unique_prefix};
 
 // ---------------------------------------------------------------------------
@@ -143,195 +143,15 @@ async fn instance(
     }
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn cookie(session: &SessionToken) -> String {
-    format!("hanko={}", session.jwt)
-}
-
 /// A new emulator user with a fresh session.
 fn sign_in(hanko: &Emulator, email: &str) -> SessionToken {
     let user = hanko.create_user(email).unwrap();
     hanko.create_session(&user.id).unwrap()
 }
 
-/// The hidden inputs of the first form in `html` that has them.
-fn hidden_inputs(html: &str) -> Vec<(String, String)> {
-    let unescape = |v: &str| {
-        v.replace("&#34;", "\"")
-            .replace("&#39;", "'")
-            .replace("&#60;", "<")
-            .replace("&#62;", ">")
-            .replace("&quot;", "\"")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&#38;", "&")
-            .replace("&amp;", "&")
-    };
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .filter_map(|rest| {
-            let name = rest.strip_prefix("name=\"")?.split('"').next()?;
-            let value = rest.split("value=\"").nth(1)?.split('"').next()?;
-            Some((name.to_string(), unescape(value)))
-        })
-        .collect()
-}
-
-fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
-    &fields.iter().find(|(n, _)| n == name).unwrap().1
-}
-
-/// Anything serving inkan over HTTP: an in-process instance or an `inkan serve` process.
-trait Endpoint {
-    fn base(&self) -> &str;
-}
-
 impl Endpoint for Instance {
     fn base(&self) -> &str {
         &self.url
-    }
-}
-
-struct Tokens {
-    access: String,
-    refresh: String,
-    client_id: String,
-    expires_in: i64,
-}
-
-/// The whole OAuth flow a client and its user go through: registration,
-/// authorization with the Hanko session, consent, code exchange.
-async fn connect_app(inst: &impl Endpoint, session: &SessionToken, name: &str) -> Tokens {
-    let http = http();
-    let redirect_uri = "http://127.0.0.1:9/callback";
-    let reg: serde_json::Value = http
-        .post(format!("{}/oauth/register", inst.base()))
-        .json(&serde_json::json!({
-            "redirect_uris": [redirect_uri],
-            "token_endpoint_auth_method": "none",
-            "grant_types": ["authorization_code", "refresh_token"],
-            "client_name": name,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = reg["client_id"].as_str().unwrap().to_string();
-    let mut raw = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
-    let verifier = URL_SAFE_NO_PAD.encode(raw);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let resource = format!("{}/mcp/notes", inst.base());
-    let mut authorize = url::Url::parse(&format!("{}/oauth/authorize", inst.base())).unwrap();
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &client_id)
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", "st")
-        .append_pair("resource", &resource);
-    let consent = http
-        .get(authorize.as_str())
-        .header("cookie", cookie(session))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(consent.status(), 200, "consent page");
-    let mut form = hidden_inputs(&consent.text().await.unwrap());
-    form.push(("service".into(), "notes".into()));
-    form.push(("decision".into(), "approve".into()));
-    let decided = http
-        .post(format!("{}/oauth/authorize", inst.base()))
-        .header("cookie", cookie(session))
-        .header("origin", inst.base())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(decided.status(), 303, "consent decision");
-    let location = url::Url::parse(decided.headers()["location"].to_str().unwrap()).unwrap();
-    let code = location
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .to_string();
-    let tokens: serde_json::Value = http
-        .post(format!("{}/oauth/token", inst.base()))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", redirect_uri),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-            ("resource", &resource),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    Tokens {
-        access: tokens["access_token"].as_str().unwrap().to_string(),
-        refresh: tokens["refresh_token"].as_str().unwrap().to_string(),
-        expires_in: tokens["expires_in"].as_i64().unwrap(),
-        client_id,
-    }
-}
-
-/// Status of one MCP request with `token` on `inst`.
-async fn mcp(inst: &impl Endpoint, token: &str) -> StatusCode {
-    http()
-        .post(format!("{}/mcp/notes", inst.base()))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
-/// Status of a refresh with `tokens` on `inst`.
-async fn refresh(inst: &impl Endpoint, tokens: &Tokens) -> StatusCode {
-    http()
-        .post(format!("{}/oauth/token", inst.base()))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &tokens.refresh),
-            ("client_id", &tokens.client_id),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
-/// Polls `inst` until `token` is refused with 401; returns how long it took.
-async fn until_refused(inst: &impl Endpoint, token: &str, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let status = mcp(inst, token).await;
-        if status == StatusCode::UNAUTHORIZED {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "token still answered {status} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -471,7 +291,7 @@ async fn nobody_revokes_another_users_grants() {
         .send()
         .await
         .unwrap();
-    let csrf = field(&hidden_inputs(&page.text().await.unwrap()), "csrf").to_string();
+    let csrf = field(&hidden_fields(&page.text().await.unwrap()), "csrf").to_string();
     let out = http()
         .post(format!("{}/account/revoke", a.url))
         .header("cookie", cookie(&alice))
@@ -552,7 +372,7 @@ async fn account_page_lists_the_users_apps_and_revokes_one() {
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     assert_eq!(page.headers()["cache-control"], "no-store");
     let html = page.text().await.unwrap();
-    let listed: Vec<String> = hidden_inputs(&html)
+    let listed: Vec<String> = hidden_fields(&html)
         .into_iter()
         .filter(|(n, _)| n == "grant")
         .map(|(_, v)| v)
@@ -567,7 +387,7 @@ async fn account_page_lists_the_users_apps_and_revokes_one() {
     assert!(html.contains("127.0.0.1") && html.contains("Team notes"));
     assert!(html.contains("hanko-session-expired") && html.contains("hanko-user-logged-out"));
 
-    let csrf = field(&hidden_inputs(&html), "csrf").to_string();
+    let csrf = field(&hidden_fields(&html), "csrf").to_string();
     let out = http()
         .post(format!("{}/account/revoke", a.url))
         .header("cookie", cookie(&alice))
