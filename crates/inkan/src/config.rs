@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
@@ -279,9 +281,26 @@ pub struct ServiceConfig {
     /// Served at `/mcp/<id>`.
     pub id: String,
     pub name: String,
+    /// `http://` or `https://` URL of the MCP endpoint.
     pub upstream: String,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// PEM file with the CA certificates that sign an https upstream's
+    /// certificate (a private CA); without it the system's roots are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+/// The certificates in a PEM file, for trusting a private CA.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
 }
 
 fn default_cookie_name() -> String {
@@ -583,14 +602,30 @@ impl Config {
                     "duplicate service id; each service needs its own",
                 );
             }
-            match url::Url::parse(&s.upstream) {
-                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
-                Ok(u) if u.scheme() == "https" => err(
-                    &key("upstream"),
-                    &s.upstream,
-                    "https upstreams are not supported yet: reach the upstream over http on a private network, or terminate TLS next to it",
-                ),
-                _ => err(&key("upstream"), &s.upstream, "must be an http URL"),
+            let https = match url::Url::parse(&s.upstream) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    u.scheme() == "https"
+                }
+                _ => {
+                    err(
+                        &key("upstream"),
+                        &s.upstream,
+                        "must be an http or https URL",
+                    );
+                    false
+                }
+            };
+            if let Some(ca) = &s.upstream_ca_file {
+                let shown = ca.display().to_string();
+                if !https {
+                    err(
+                        &key("upstream_ca_file"),
+                        &shown,
+                        "only for an https upstream",
+                    );
+                } else if let Err(why) = read_ca_file(ca) {
+                    err(&key("upstream_ca_file"), &shown, &why);
+                }
             }
             for scope in &s.scopes {
                 if scope.is_empty()
@@ -746,13 +781,25 @@ mod tests {
                 "upstream = \"http://127.0.0.1:9000/mcp\"",
                 "upstream = \"ftp://x/mcp\"",
                 "services[0].upstream",
-                "must be an http URL",
+                "must be an http or https URL",
             ),
             (
                 "upstream = \"http://127.0.0.1:9000/mcp\"",
-                "upstream = \"https://x/mcp\"",
-                "services[0].upstream",
-                "not supported yet",
+                "upstream = \"http://x/mcp\"\nupstream_ca_file = \"/etc/hostname\"",
+                "services[0].upstream_ca_file",
+                "only for an https upstream",
+            ),
+            (
+                "upstream = \"http://127.0.0.1:9000/mcp\"",
+                "upstream = \"https://x/mcp\"\nupstream_ca_file = \"/nonexistent/ca.pem\"",
+                "services[0].upstream_ca_file",
+                "cannot read it",
+            ),
+            (
+                "upstream = \"http://127.0.0.1:9000/mcp\"",
+                "upstream = \"https://x/mcp\"\nupstream_ca_file = \"Cargo.toml\"",
+                "services[0].upstream_ca_file",
+                "holds no PEM certificate",
             ),
             (
                 "[hanko]",

@@ -1,7 +1,8 @@
 //! The MCP request path: HTTP/1.1 read and written straight off the socket.
 //!
 //! Every accepted connection starts here. A request this module recognises
-//! — HTTP/1.1 `GET`, `POST` or `DELETE` of `/mcp/<configured service>`,
+//! — HTTP/1.1 `GET`, `POST` or `DELETE` of `/mcp/<configured service>` with
+//! an http upstream,
 //! without `Origin` (browsers need CORS), `Transfer-Encoding`, `Expect` or
 //! `Upgrade`, with at most one valid `Content-Length` — is authorized with
 //! [`super::authorize`] and proxied over a plain TCP connection from this
@@ -230,6 +231,9 @@ impl<'c> Conn<'c> {
         else {
             return Parsed::NotOurs;
         };
+        if service.upstream.tls {
+            return Parsed::NotOurs;
+        }
 
         let mut content_length = None;
         let mut has_authorization = false;
@@ -338,7 +342,7 @@ impl<'c> Conn<'c> {
                     Ok((status, keep_alive)) => (Some(status), keep_alive && !request.close),
                     Err(Failure::ClientGone) => (None, false),
                     Err(Failure::Upstream(kind)) => {
-                        svc.upstream.failed(&state.metrics, kind);
+                        svc.upstream.failed(&state.metrics, kind, None);
                         let refusal = match kind {
                             UpstreamError::Timeout => Refusal::UpstreamTimeout,
                             _ => Refusal::UpstreamUnavailable,

@@ -9,12 +9,17 @@
 //! client goes away, axum drops the response body and with it the upstream
 //! connection.
 //!
+//! https upstreams are reached with rustls (the system's roots, or the
+//! service's `upstream_ca_file`); `fast.rs` leaves their requests to this
+//! path.
+//!
 //! What the upstream receives: the client's headers minus hop-by-hop headers,
 //! `Authorization`, `Cookie` and every `X-Inkan-*` (no token passthrough, no
 //! identity spoofing), plus inkan's identity headers and assertion.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,13 +28,14 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Request, Response, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::validate::Access;
-use crate::config::{GatewayConfig, ServiceConfig};
+use crate::config::{GatewayConfig, ServiceConfig, read_ca_file};
 use crate::metrics::{Metrics, ServiceLabels, UpstreamError, UpstreamErrorLabels};
 
 /// Why a request could not be proxied; each maps to one synthetic response.
@@ -43,7 +49,8 @@ pub enum ProxyError {
     Upstream(UpstreamError),
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type Connector = HttpsConnector<HttpConnector>;
+type HttpClient = Client<Connector, Full<Bytes>>;
 
 thread_local! {
     /// This thread's connection pool per upstream (keyed by [`Upstream::key`]).
@@ -63,7 +70,9 @@ pub struct Upstream {
     /// `host:port` to connect to.
     pub(super) address: String,
     pub(super) key: usize,
-    connector: HttpConnector,
+    /// An https upstream: served by this module only.
+    pub(super) tls: bool,
+    connector: Connector,
     /// This service's `upstream_response_seconds`, looked up once.
     pub(super) latency: Histogram,
     pub(super) connect_timeout: Duration,
@@ -81,27 +90,38 @@ impl Upstream {
         let authority = uri
             .authority()
             .ok_or_else(|| anyhow::anyhow!("upstream {} has no host", service.upstream))?;
-        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
-            anyhow::bail!(
-                "service {}: only http:// upstreams are supported (got {}); \
-                 terminate TLS next to the upstream",
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => anyhow::bail!(
+                "service {}: the upstream must be an http or https URL (got {})",
                 service.id,
                 service.upstream
-            );
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
+            ),
+        };
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        // The https connector below checks the scheme.
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(service, tls)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         Ok(Upstream {
             service: service.id.clone(),
             authority: HeaderValue::from_str(authority.as_str())?,
             address: format!(
                 "{}:{}",
                 authority.host(),
-                authority.port_u16().unwrap_or(80)
+                authority
+                    .port_u16()
+                    .unwrap_or(if tls { 443 } else { 80 })
             ),
             uri,
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            tls,
             latency: metrics
                 .upstream_latency
                 .get_or_create(&ServiceLabels {
@@ -167,24 +187,31 @@ impl Upstream {
 
         let started = Instant::now();
         let sent = tokio::time::timeout(self.first_byte_timeout, self.client().request(out)).await;
-        let kind = match sent {
+        let (kind, why) = match sent {
             Ok(Ok(response)) => {
                 self.latency.observe(started.elapsed().as_secs_f64());
                 return Ok(response_from(response));
             }
-            Err(_) => UpstreamError::Timeout,
+            Err(_) => (UpstreamError::Timeout, None),
             Ok(Err(e)) => {
-                tracing::debug!(service = %self.service, error = %e, "upstream request failed");
-                classify(&e)
+                // The whole chain: a refused certificate says why only in
+                // its innermost source.
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why = format!("{why}: {s}");
+                    source = s.source();
+                }
+                (classify(&e), Some(why))
             }
         };
-        self.failed(metrics, kind);
+        self.failed(metrics, kind, why.as_deref());
         Err(ProxyError::Upstream(kind))
     }
 
     /// Logs and counts a request that got no answer from this upstream.
-    pub(super) fn failed(&self, metrics: &Metrics, kind: UpstreamError) {
-        tracing::warn!(service = %self.service, ?kind, "upstream request failed");
+    pub(super) fn failed(&self, metrics: &Metrics, kind: UpstreamError, why: Option<&str>) {
+        tracing::warn!(service = %self.service, ?kind, error = why, "upstream request failed");
         metrics
             .upstream_errors
             .get_or_create(&UpstreamErrorLabels {
@@ -218,6 +245,39 @@ impl Upstream {
         parts.path_and_query = pq.parse().ok();
         Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
     }
+}
+
+/// What an https upstream's certificate is checked against: the service's
+/// `upstream_ca_file`, else the system's roots (none are loaded for http).
+fn tls_config(service: &ServiceConfig, tls: bool) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if tls {
+        match &service.upstream_ca_file {
+            Some(path) => {
+                let certs = read_ca_file(path).map_err(|why| {
+                    anyhow::anyhow!("service {}: {}: {why}", service.id, path.display())
+                })?;
+                for cert in certs {
+                    roots.add(cert)?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    tracing::warn!(
+                        service = %service.id,
+                        "no system CA certificates found; set upstream_ca_file or install ca-certificates, or every request to this upstream fails"
+                    );
+                }
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The upstream's response, streamed, minus what must not reach the client.

@@ -67,7 +67,7 @@ fn check_config_explains_every_bad_value() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("services[0].upstream: must be an http URL (got 'gopher://x')"),
+        stderr.contains("services[0].upstream: must be an http or https URL (got 'gopher://x')"),
         "{stderr}"
     );
     assert!(stderr.contains("store.url"), "{stderr}");

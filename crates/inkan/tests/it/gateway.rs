@@ -46,6 +46,56 @@ impl Drop for DropSignal {
 }
 
 async fn test_upstream() -> TestUpstream {
+    let (app, mut up) = upstream_app();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    up.url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    up
+}
+
+/// [`test_upstream`] over TLS, with a fresh self-signed certificate for
+/// 127.0.0.1 whose PEM file (in `dir`) is returned as the CA to trust.
+async fn tls_upstream(dir: &std::path::Path) -> (TestUpstream, std::path::PathBuf) {
+    let (app, mut up) = upstream_app();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let ca = dir.join("upstream-ca.pem");
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certified.cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    up.url = format!("https://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate hangs up here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    tower::ServiceExt::oneshot(app.clone(), request)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (up, ca)
+}
+
+/// The routes of [`test_upstream`] and the handles to what they see; the
+/// caller serves them and fills in `url`.
+fn upstream_app() -> (Router, TestUpstream) {
     let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
     let release = Arc::new(Notify::new());
     let stream_dropped = Arc::new(Notify::new());
@@ -95,15 +145,13 @@ async fn test_upstream() -> TestUpstream {
             )
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    TestUpstream {
-        url,
+    let up = TestUpstream {
+        url: String::new(),
         seen,
         release,
         stream_dropped,
-    }
+    };
+    (app, up)
 }
 
 fn services(upstream: &str) -> String {
@@ -526,6 +574,68 @@ async fn last_use_is_recorded_without_a_write_per_request() {
     gw.toucher.flush().await.unwrap();
     let after = gw.store().get_grant(&grant_id).await.unwrap().unwrap();
     assert!(after.last_used.is_some_and(|t| t >= now() - 60));
+}
+
+#[tokio::test]
+async fn https_upstreams_are_trusted_through_their_ca_and_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, ca) = tls_upstream(dir.path()).await;
+    let gw = gateway::start(&format!(
+        r#"
+        [[services]]
+        id = "notes"
+        name = "Team notes"
+        upstream = "{url}"
+        upstream_ca_file = "{ca}"
+        scopes = ["notes:read"]
+        [[services]]
+        id = "wiki"
+        name = "Wiki"
+        upstream = "{url}"
+        scopes = ["wiki:read"]
+        "#,
+        url = up.url,
+        ca = ca.display(),
+    ))
+    .await;
+    let token = gw.token(&["notes", "wiki"], &["notes:read", "wiki:read"]).await;
+
+    let r = call(&gw.mcp_url("notes"), Some(&token)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["mcp-session-id"], "s-1");
+    {
+        let seen = up.seen.lock().unwrap();
+        let headers = seen.last().expect("the upstream was reached over TLS");
+        assert!(headers.contains_key("x-inkan-user"));
+        assert!(headers.contains_key("x-inkan-assertion"));
+        assert!(!headers.contains_key(header::AUTHORIZATION));
+    }
+
+    // An SSE event crosses the TLS hop before the upstream ends the stream.
+    let mut stream = reqwest::Client::new()
+        .get(gw.mcp_url("notes"))
+        .bearer_auth(&token)
+        .header(header::ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .expect("first event arrives while the stream is open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+    up.release.notify_one();
+    let rest = stream.text().await.unwrap();
+    assert!(rest.contains("data: second"), "{rest}");
+
+    // Without the private CA the certificate is not trusted: 502, and no
+    // request reaches the upstream.
+    let reached = up.seen.lock().unwrap().len();
+    let r = call(&gw.mcp_url("wiki"), Some(&token)).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(up.seen.lock().unwrap().len(), reached);
 }
 
 #[tokio::test]
