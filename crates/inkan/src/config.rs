@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Exit code for a configuration the process refuses to run with (EX_CONFIG...

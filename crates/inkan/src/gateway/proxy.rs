@@ -115,9 +115,7 @@ impl Upstream {
             address: format!(
                 "{}:{}",
                 authority.host(),
-                authority
-                    .port_u16()
-                    .unwrap_or(if tls { 443 } else { 80 })
+                authority.port_u16().unwrap_or(if tls { 443 } else { 80 })
             ),
             uri,
             key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),

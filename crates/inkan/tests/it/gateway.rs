@@ -598,7 +598,9 @@ async fn https_upstreams_are_trusted_through_their_ca_and_streamed() {
         ca = ca.display(),
     ))
     .await;
-    let token = gw.token(&["notes", "wiki"], &["notes:read", "wiki:read"]).await;
+    let token = gw
+        .token(&["notes", "wiki"], &["notes:read", "wiki:read"])
+        .await;
 
     let r = call(&gw.mcp_url("notes"), Some(&token)).await;
     assert_eq!(r.status(), StatusCode::OK);
