@@ -53,6 +53,9 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const PIPELINE_LIMIT: usize = 64 * 1024;
 /// Most buffer space added at once while a request body arrives.
 const BODY_READ_CHUNK: usize = 64 * 1024;
+/// Largest body of a refused request read (and dropped) to keep its
+/// connection open; a larger one closes the connection instead.
+const REFUSED_BODY_READ: u64 = 64 * 1024;
 /// Idle upstream connections kept per upstream and serving thread.
 const POOL_CAP: usize = 64;
 /// How long a closing connection keeps reading what the client still sends,
@@ -297,27 +300,27 @@ impl<'c> Conn<'c> {
 
     /// Answers one request; returns the status counted for it (none when
     /// the client left first) and whether the connection may serve another.
+    /// The body is read only once the request is authorized, as on the
+    /// router's path: an unauthenticated client cannot make us hold more
+    /// than [`REFUSED_BODY_READ`] of it.
     async fn answer(&mut self, state: &Shared, request: Request<'_>) -> (Option<StatusCode>, bool) {
         let svc = request.service;
-        let limit = svc.upstream.body_limit;
         let declared = request.content_length.unwrap_or(0);
-        let fits = declared <= limit;
-        if fits {
-            let end = request.len + declared as usize;
-            if !self
-                .fill(end, state.config.gateway.header_read_timeout)
-                .await
-            {
-                return (None, false);
-            }
-        }
+        let fits = declared <= svc.upstream.body_limit;
+        // Only used once `fits`, which bounds it by the body limit.
+        let end = request
+            .len
+            .saturating_add(usize::try_from(declared).unwrap_or(usize::MAX));
+        let timeout = state.config.gateway.header_read_timeout;
         let authorization = request.has_authorization.then_some(&self.authorization[..]);
         let authorized = authorize(state, svc, request.token_in_query, authorization).await;
         let refusal = match (authorized, fits) {
             (Err(refusal), _) => refusal,
             (Ok(_), false) => Refusal::BodyTooLarge,
             (Ok((access, assertion)), true) => {
-                let end = request.len + declared as usize;
+                if !self.fill(end, timeout).await {
+                    return (None, false);
+                }
                 let out = &mut self.out;
                 let h = &access.headers;
                 header(out, b"x-inkan-user", h.user.as_bytes());
@@ -353,12 +356,17 @@ impl<'c> Conn<'c> {
                 };
             }
         };
-        if fits {
-            self.buf.advance(request.len + declared as usize);
+        // A refused request's body is skipped when it is small or already
+        // here, which keeps the connection; otherwise answer, then close.
+        let skippable = fits && (self.buf.len() >= end || declared <= REFUSED_BODY_READ);
+        if skippable {
+            if !self.fill(end, timeout).await {
+                return (None, false);
+            }
+            self.buf.advance(end);
             let sent = self.refuse(refusal, svc, request.close).await;
             (Some(refusal.status()), sent && !request.close)
         } else {
-            // The body is still on its way: answer, then close.
             self.refuse(refusal, svc, true).await;
             linger(self.tcp).await;
             (Some(refusal.status()), false)

@@ -584,6 +584,40 @@ async fn slow_and_idle_clients_are_cut_off() {
     );
 }
 
+#[tokio::test]
+async fn refusals_come_before_the_body_is_read() {
+    let up = scripted_upstream().await;
+    // Far longer than the test waits: an answer must not wait for the body.
+    let (gw, token) = start(&up, "header_read_timeout = \"60s\"").await;
+
+    // No token and a megabyte announced but not sent: 401 at once, and the
+    // connection closes rather than reading the body.
+    let mut c = connect(&gw).await;
+    let mut buf = Vec::new();
+    c.write_all(b"POST /mcp/notes HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n{")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut c, &mut buf).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(closed_by_peer(&mut c).await);
+
+    // A small refused body still arriving is read and dropped, and the
+    // connection serves the next request.
+    let mut c = connect(&gw).await;
+    let mut buf = Vec::new();
+    c.write_all(b"POST /mcp/notes HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nab")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(format!("cd{}", post("/mcp/notes", Some(&token), "next", "")).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut c, &mut buf).await.status, 401);
+    assert_eq!(read_answer(&mut c, &mut buf).await.status, 200);
+    assert_eq!(up.bodies(), ["next"], "no refused body went upstream");
+}
+
 /// Connects until the gateway's port refuses.
 async fn refused(gw: &TestGateway) -> bool {
     let addr = gw.url.trim_start_matches("http://");
