@@ -58,6 +58,12 @@ const BODY_READ_CHUNK: usize = 64 * 1024;
 const REFUSED_BODY_READ: u64 = 64 * 1024;
 /// Idle upstream connections kept per upstream and serving thread.
 const POOL_CAP: usize = 64;
+/// Longest a write to the client may take (nginx's `send_timeout`): a
+/// client that stops reading does not hold its stream open forever.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Buffers that grew beyond this for one large request are given back
+/// before the next, so a long stream after it does not keep them.
+const KEPT_CAPACITY: usize = 64 * 1024;
 /// How long a closing connection keeps reading what the client still sends,
 /// so that its unread request body does not turn our answer into a reset.
 const LINGER: Duration = Duration::from_secs(2);
@@ -88,11 +94,14 @@ pub async fn serve(
         ubuf: BytesMut::new(),
     };
     loop {
-        let request = match conn.read_head(state, stopping).await {
+        let mut request = match conn.read_head(state, stopping).await {
             Head::Ours(request) => request,
             Head::NotOurs => return Next::Handoff,
             Head::Gone => return Next::Close,
         };
+        // Shutting down: this answer says it is the last, so a client
+        // that pipelined more knows they were not served.
+        request.close |= *stopping.borrow();
         let method = request.method.clone();
         let (status, keep_alive) = conn.answer(state, request).await;
         if let Some(status) = status {
@@ -103,6 +112,7 @@ pub async fn serve(
         if !keep_alive || *stopping.borrow() {
             return Next::Close;
         }
+        conn.shrink();
     }
 }
 
@@ -415,7 +425,7 @@ impl<'c> Conn<'c> {
         let mut done = self.take_body(&mut framing)?;
         // From here on the status is out; any break closes the connection,
         // so the client cannot take a cut-off body as whole.
-        if self.tcp.write_all(&self.out).await.is_err() {
+        if !self.send().await {
             return Ok((status, false));
         }
         while !done {
@@ -429,7 +439,7 @@ impl<'c> Conn<'c> {
                 return Ok((status, false));
             };
             done = complete;
-            if self.tcp.write_all(&self.out).await.is_err() {
+            if !self.send().await {
                 return Ok((status, false));
             }
         }
@@ -574,7 +584,30 @@ impl<'c> Conn<'c> {
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&body);
-        self.tcp.write_all(out).await.is_ok()
+        self.send().await
+    }
+
+    /// Writes `out` to the client; false if it is gone or stopped reading.
+    async fn send(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(SEND_TIMEOUT, self.tcp.write_all(&self.out)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Gives back what one large request made the buffers grow to.
+    fn shrink(&mut self) {
+        if self.out.capacity() > KEPT_CAPACITY {
+            self.out = Vec::with_capacity(4096);
+        }
+        if self.ubuf.capacity() > KEPT_CAPACITY && self.ubuf.is_empty() {
+            self.ubuf = BytesMut::new();
+        }
+        if self.buf.capacity() > KEPT_CAPACITY && self.buf.len() < KEPT_CAPACITY {
+            let pending = self.buf.split();
+            *self.buf = BytesMut::with_capacity(8192);
+            self.buf.extend_from_slice(&pending);
+        }
     }
 }
 
@@ -608,7 +641,11 @@ fn client_head(
             upstream_close |= list_has(h.value, "close");
         }
     }
-    let framing = if matches!(code, 204 | 304) {
+    let bodiless = matches!(code, 204 | 304);
+    // A bodiless answer that declares a body anyway may be followed by
+    // stray bytes: its connection is not reused.
+    let declares_body = transfer_encoding.is_some() || length.is_some_and(|n| n > 0);
+    let framing = if bodiless {
         Framing::Empty
     } else if let Some(te) = transfer_encoding {
         if last_coding_is_chunked(te) {
@@ -630,9 +667,9 @@ fn client_head(
     );
     for h in headers {
         let keep = if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            true
+            !bodiless
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            transfer_encoding.is_none()
+            transfer_encoding.is_none() && !bodiless
         } else {
             !strip_response_header(h.name) && !named_by_connection(headers, h.name)
         };
@@ -647,7 +684,7 @@ fn client_head(
     Ok(Answer {
         status,
         framing,
-        reusable: head.version == Some(1) && !upstream_close,
+        reusable: head.version == Some(1) && !upstream_close && !(bodiless && declares_body),
     })
 }
 
@@ -732,6 +769,7 @@ pub enum Chunked {
     /// Start of a trailer line, or the final empty line.
     LineStart,
     Trailer,
+    TrailerLf,
     EndLf,
     Done,
 }
@@ -786,14 +824,17 @@ impl Chunked {
                 (Chunked::Size { size, digits: true } | Chunked::Extension { size }, b'\r') => {
                     Chunked::SizeLf { size }
                 }
-                (Chunked::Extension { size }, _) => Chunked::Extension { size },
+                // Every line ends in CRLF: a bare LF is where another
+                // parser could see a different end, so it is refused.
+                (Chunked::Extension { size }, b) if b != b'\n' => Chunked::Extension { size },
                 (Chunked::SizeLf { size: 0 }, b'\n') => Chunked::LineStart,
                 (Chunked::SizeLf { size }, b'\n') => Chunked::Data(size),
                 (Chunked::DataCr, b'\r') => Chunked::DataLf,
                 (Chunked::DataLf, b'\n') => Chunked::default(),
                 (Chunked::LineStart, b'\r') => Chunked::EndLf,
-                (Chunked::LineStart | Chunked::Trailer, b'\n') => Chunked::LineStart,
-                (Chunked::LineStart | Chunked::Trailer, _) => Chunked::Trailer,
+                (Chunked::Trailer, b'\r') => Chunked::TrailerLf,
+                (Chunked::LineStart | Chunked::Trailer, b) if b != b'\n' => Chunked::Trailer,
+                (Chunked::TrailerLf, b'\n') => Chunked::LineStart,
                 (Chunked::EndLf, b'\n') => Chunked::Done,
                 _ => return None,
             };
@@ -903,6 +944,11 @@ mod tests {
             b"\r\n",
             b"3\r\nabcX",
             b"FFFFFFFFFFFFFFFFF\r\n",
+            // Bare LFs, where a lenient client would see another end.
+            b"0\r\n\nHTTP/1.1 200 OK\r\n",
+            b"5;x\nhello\r\n",
+            b"0\r\nx-t: 1\n\r\n",
+            b"0\r\nx-t: 1\rX",
         ] {
             assert_eq!(Chunked::default().scan(bad), None, "{bad:?}");
         }

@@ -310,19 +310,31 @@ fn is_one_of(name: &str, names: &[&str]) -> bool {
 }
 
 /// Whether a client request header (any case) stays out of the upstream's.
+/// `X-Inkan_User` and the like go too: CGI-style stacks read `_` as `-`.
 pub(super) fn strip_request_header(name: &str) -> bool {
     is_one_of(name, &HOP_BY_HOP)
         || is_one_of(name, &["host", "authorization", "cookie", "content-length"])
-        || name
-            .get(..8)
-            .is_some_and(|p| p.eq_ignore_ascii_case("x-inkan-"))
+        || name.len() >= 8
+            && name
+                .bytes()
+                .zip(b"x-inkan-")
+                .all(|(b, want)| b.to_ascii_lowercase() == *want || (b == b'_' && *want == b'-'))
 }
 
+/// Response headers that speak for inkan's origin, shared by every
+/// service, or for its own sign-in: an upstream does not get to set them.
+const ORIGIN_WIDE: [&str; 5] = [
+    "set-cookie",
+    "strict-transport-security",
+    "alt-svc",
+    "clear-site-data",
+    "www-authenticate",
+];
+
 /// Whether an upstream response header (any case) stays out of the
-/// client's. Upstream cookies would be set on inkan's origin, shared by
-/// every service.
+/// client's: hop-by-hop headers and [`ORIGIN_WIDE`] ones.
 pub(super) fn strip_response_header(name: &str) -> bool {
-    is_one_of(name, &HOP_BY_HOP) || name.eq_ignore_ascii_case("set-cookie")
+    is_one_of(name, &HOP_BY_HOP) || is_one_of(name, &ORIGIN_WIDE)
 }
 
 /// Removes `strip` and anything the `Connection` header names as

@@ -99,8 +99,19 @@ async fn play_script(mut socket: TcpStream, seen: Arc<Mutex<Seen>>, release: Arc
             "hops" => echo(
                 &body,
                 "connection: keep-alive, x-hop\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\n\
-                 set-cookie: upstream=1\r\nx-kept: 1\r\n",
+                 set-cookie: upstream=1\r\nstrict-transport-security: max-age=9\r\n\
+                 www-authenticate: Bearer realm=\"upstream\"\r\nx-kept: 1\r\n",
             ),
+            // No body, yet one declared and sent later: stray bytes on the
+            // upstream connection.
+            "no-content" => {
+                let head = b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n";
+                if socket.write_all(head).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                b"stray".to_vec()
+            }
             "until-close" => {
                 let _ = socket
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
@@ -240,7 +251,9 @@ async fn read_answer(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
         headers,
         body: Vec::new(),
     };
-    if answer.header("transfer-encoding") == Some("chunked") {
+    if matches!(status, 204 | 304) {
+        // No body, whatever the head says.
+    } else if answer.header("transfer-encoding") == Some("chunked") {
         answer.body = read_chunked(socket, buf).await;
     } else if let Some(length) = answer.header("content-length") {
         let length: usize = length.parse().unwrap();
@@ -431,9 +444,34 @@ async fn every_upstream_framing_reaches_the_client_intact() {
     let a = read_answer(&mut c, &mut buf).await;
     assert_eq!(a.text(), "hops");
     assert_eq!(a.header("x-kept"), Some("1"));
-    for gone in ["x-hop", "keep-alive", "set-cookie"] {
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "set-cookie",
+        "strict-transport-security",
+        "www-authenticate",
+    ] {
         assert!(a.header(gone).is_none(), "{gone} reached the client: {a:?}");
     }
+
+    // A 204 that declares a body: none reaches the client, nor does a
+    // length it would wait for, and the next answer is the right one.
+    let opened = up.connections();
+    c.write_all(post("/mcp/notes?case=no-content", Some(&token), "", "").as_bytes())
+        .await
+        .unwrap();
+    let a = read_answer(&mut c, &mut buf).await;
+    assert_eq!(a.status, 204);
+    assert!(a.header("content-length").is_none(), "{a:?}");
+    c.write_all(post("/mcp/notes", Some(&token), "next", "").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_answer(&mut c, &mut buf).await.text(), "next");
+    assert_eq!(
+        up.connections(),
+        opened + 1,
+        "the connection with stray bytes was not reused"
+    );
 
     // An answer delimited by the upstream closing ends the client's
     // connection too, and says so.
