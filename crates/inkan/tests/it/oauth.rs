@@ -1180,38 +1180,30 @@ async fn token_endpoint_error_paths() {
     // Refresh: another client, extra scope, wrong resource.
     let t = flow.tokens().await;
     let rt = t["refresh_token"].as_str().unwrap();
-    let r = token_request(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", &other),
-            ("refresh_token", rt),
-        ],
-    )
-    .await;
-    assert_eq!(error_of(r).await, (400, "invalid_grant".into()));
-    let r = token_request(
-        &app,
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", cid),
-            ("refresh_token", rt),
-            ("scope", "calendar:read"),
-        ],
-    )
-    .await;
-    assert_eq!(error_of(r).await, (400, "invalid_scope".into()));
-    let r = token_request(
-        &app,
-        &[
+    let refresh_cases: &[ParamCase] = &[
+        ("another client", &[("client_id", &other)], "invalid_grant"),
+        (
+            "extra scope",
+            &[("scope", "calendar:read")],
+            "invalid_scope",
+        ),
+        (
+            "wrong resource",
+            &[("resource", "https://elsewhere.example/mcp")],
+            "invalid_target",
+        ),
+    ];
+    for (what, extra, error) in refresh_cases {
+        let mut form = vec![
             ("grant_type", "refresh_token"),
             ("client_id", cid),
             ("refresh_token", rt),
-            ("resource", "https://elsewhere.example/mcp"),
-        ],
-    )
-    .await;
-    assert_eq!(error_of(r).await, (400, "invalid_target".into()));
+        ];
+        form.retain(|(k, _)| extra.iter().all(|(e, _)| e != k));
+        form.extend_from_slice(extra);
+        let r = token_request(&app, &form).await;
+        assert_eq!(error_of(r).await, (400, error.to_string()), "{what}");
+    }
     // None of those burnt the token.
     let r = token_request(
         &app,
