@@ -194,13 +194,8 @@ impl Upstream {
             Ok(Err(e)) => {
                 // The whole chain: a refused certificate says why only in
                 // its innermost source.
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    why = format!("{why}: {s}");
-                    source = s.source();
-                }
-                (classify(&e), Some(why))
+                let kind = classify(&e);
+                (kind, Some(format!("{:#}", anyhow::Error::new(e))))
             }
         };
         self.failed(metrics, kind, why.as_deref());

@@ -12,8 +12,9 @@
 //! to Hanko on a cache hit. With a Hanko admin API configured, a cache miss
 //! asks whether the grant's Hanko session still exists (answers cached,
 //! single-flight; see [`Validator::check_liveness_with`]) and revokes the
-//! grant when it does not, telling the other instances through [`Announce`]. A store failure is [`Verdict::Unavailable`]
-//! (503), never a 401.
+//! grant when it does not, announcing it like every other revocation
+//! ([`Announce`]). A store failure is [`Verdict::Unavailable`] (503), never
+//! a 401.
 //!
 //! Scope rule: a service that lists scopes accepts a token carrying **at
 //! least one** of them. The gateway cannot know which MCP tool needs which
@@ -132,8 +133,8 @@ pub struct Validator {
 }
 
 /// Told of grants the gateway revoked on its own (a Hanko session found
-/// gone on a cache miss), after this instance's cache dropped them, so
-/// that other instances drop them too.
+/// gone on a cache miss), so that this instance's cache and every other
+/// instance drop them, as after any revocation.
 #[async_trait::async_trait]
 pub trait Announce: Send + Sync {
     async fn revoked(&self, revoked: &Revoked);
@@ -303,7 +304,6 @@ impl Validator {
             Ok(Liveness::Alive | Liveness::NotChecked) => Ok(true),
             Ok(Liveness::Gone) => match self.store.revoke_grant(&g.grant_id).await {
                 Ok(revoked) => {
-                    self.invalidate_grants(&revoked.grants);
                     check.announce.revoked(&revoked).await;
                     tracing::info!(grant_id = %g.grant_id, "Hanko session gone; grant revoked");
                     Ok(false)

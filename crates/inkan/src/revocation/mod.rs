@@ -129,11 +129,11 @@ impl Revocation {
     }
 }
 
-/// The gateway's validation cache, reached through the app state; weak,
-/// because the state owns the subscriber that holds it.
-struct GatewayCache(Weak<Shared>);
+/// This instance, as the bus subscriber and the gateway's liveness check
+/// reach it: weak, because the state owns both.
+struct Instance(Weak<Shared>);
 
-impl GrantCache for GatewayCache {
+impl GrantCache for Instance {
     fn invalidate_grants(&self, grant_ids: &[String]) {
         if let Some(shared) = self.0.upgrade() {
             shared.gateway.validator.invalidate_grants(grant_ids);
@@ -147,15 +147,11 @@ impl GrantCache for GatewayCache {
     }
 }
 
-/// Publishes the grants the gateway revoked itself (its cache already
-/// dropped them); weak for the same reason as [`GatewayCache`].
-struct BusAnnouncer(Weak<Shared>);
-
 #[async_trait::async_trait]
-impl Announce for BusAnnouncer {
+impl Announce for Instance {
     async fn revoked(&self, revoked: &Revoked) {
         if let Some(shared) = self.0.upgrade() {
-            shared.revocation.publish(revoked).await;
+            announce(&AppState(shared), revoked).await;
         }
     }
 }
@@ -167,7 +163,7 @@ impl Announce for BusAnnouncer {
 pub fn start(state: &AppState) {
     state.gateway.validator.check_liveness_with(
         state.identity.clone(),
-        Arc::new(BusAnnouncer(Arc::downgrade(&state.0))),
+        Arc::new(Instance(Arc::downgrade(&state.0))),
     );
     let handler = webhook::WebhookRevoker(Arc::downgrade(&state.0));
     if !state.identity.set_webhook_handler(Arc::new(handler)) {
@@ -175,7 +171,7 @@ pub fn start(state: &AppState) {
     }
     state
         .revocation
-        .start_bus(Arc::new(GatewayCache(Arc::downgrade(&state.0))));
+        .start_bus(Arc::new(Instance(Arc::downgrade(&state.0))));
 }
 
 /// Tells this instance's caches, and every other instance, that grants were
