@@ -27,8 +27,9 @@ impl FromRequest<AppState> for ClientForm {
     type Rejection = OAuthError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, OAuthError> {
-        let headers = request.headers().clone();
-        let body = Bytes::from_request(request, state)
+        let (mut parts, body) = request.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
             .await
             .map_err(|_| OAuthError::PayloadTooLarge)?;
         let (params, _) = Params::parse(&body, &[])?;
