@@ -3,6 +3,7 @@
 //! HTTP and real stores.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,8 +55,11 @@ async fn test_upstream() -> TestUpstream {
 }
 
 /// [`test_upstream`] over TLS, with a fresh self-signed certificate for
-/// 127.0.0.1 whose PEM file (in `dir`) is returned as the CA to trust.
-async fn tls_upstream(dir: &std::path::Path) -> (TestUpstream, std::path::PathBuf) {
+/// 127.0.0.1 whose PEM file (in `dir`) is returned as the CA to trust,
+/// and a count of the TLS sessions it accepted.
+async fn tls_upstream(
+    dir: &std::path::Path,
+) -> (TestUpstream, std::path::PathBuf, Arc<AtomicUsize>) {
     let (app, mut up) = upstream_app();
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let ca = dir.join("upstream-ca.pem");
@@ -73,14 +77,17 @@ async fn tls_upstream(dir: &std::path::Path) -> (TestUpstream, std::path::PathBu
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     up.url = format!("https://{}/mcp", listener.local_addr().unwrap());
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let counted = sessions.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, app) = (acceptor.clone(), app.clone());
+            let (acceptor, app, counted) = (acceptor.clone(), app.clone(), counted.clone());
             tokio::spawn(async move {
                 // A client that does not trust the certificate hangs up here.
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                counted.fetch_add(1, Ordering::SeqCst);
                 let service = hyper::service::service_fn(move |request| {
                     tower::ServiceExt::oneshot(app.clone(), request)
                 });
@@ -90,7 +97,7 @@ async fn tls_upstream(dir: &std::path::Path) -> (TestUpstream, std::path::PathBu
             });
         }
     });
-    (up, ca)
+    (up, ca, sessions)
 }
 
 /// The routes of [`test_upstream`] and the handles to what they see; the
@@ -579,7 +586,7 @@ async fn last_use_is_recorded_without_a_write_per_request() {
 #[tokio::test]
 async fn https_upstreams_are_trusted_through_their_ca_and_streamed() {
     let dir = tempfile::tempdir().unwrap();
-    let (up, ca) = tls_upstream(dir.path()).await;
+    let (up, ca, sessions) = tls_upstream(dir.path()).await;
     let gw = gateway::start(&format!(
         r#"
         [[services]]
@@ -612,6 +619,16 @@ async fn https_upstreams_are_trusted_through_their_ca_and_streamed() {
         assert!(headers.contains_key("x-inkan-assertion"));
         assert!(!headers.contains_key(header::AUTHORIZATION));
     }
+
+    // TLS sessions are pooled, not one per request: the first answer's
+    // body is unread and holds one, and each serving thread has its pool.
+    for _ in 0..8 {
+        let r = call(&gw.mcp_url("notes"), Some(&token)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().await.unwrap();
+    }
+    let opened = sessions.load(Ordering::SeqCst);
+    assert!(opened <= 3, "{opened} TLS sessions for 9 requests");
 
     // An SSE event crosses the TLS hop before the upstream ends the stream.
     let mut stream = reqwest::Client::new()
