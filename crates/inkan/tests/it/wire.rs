@@ -347,18 +347,54 @@ async fn start_with(
     (gw, token)
 }
 
-async fn connect(gw: &TestGateway) -> TcpStream {
-    TcpStream::connect(gw.url.trim_start_matches("http://"))
-        .await
-        .unwrap()
+/// A client connection to the gateway and the bytes read from it but not
+/// yet taken as answers.
+struct Peer {
+    socket: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    async fn connect(gw: &TestGateway) -> Peer {
+        let socket = TcpStream::connect(gw.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        Peer {
+            socket,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.socket.write_all(bytes.as_ref()).await.unwrap();
+    }
+
+    async fn answer(&mut self) -> Answer {
+        read_answer(&mut self.socket, &mut self.buf).await
+    }
+
+    /// Reads until `needle` has arrived (the bytes stay in `buf`).
+    async fn read_until(&mut self, needle: &[u8]) {
+        while find(&self.buf, needle).is_none() {
+            assert!(
+                read_more(&mut self.socket, &mut self.buf).await > 0,
+                "closed before {:?} arrived: {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&self.buf)
+            );
+        }
+    }
+
+    async fn closed(&mut self) -> bool {
+        closed_by_peer(&mut self.socket).await
+    }
 }
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_and_the_router_takes_over() {
     let up = scripted_upstream().await;
     let (gw, token) = start(&up, "").await;
-    let mut c = connect(&gw).await;
-    let mut buf = Vec::new();
+    let mut c = Peer::connect(&gw).await;
 
     let three = [
         post("/mcp/notes", Some(&token), "one", ""),
@@ -366,13 +402,13 @@ async fn pipelined_requests_are_answered_in_order_and_the_router_takes_over() {
         post("/mcp/notes", Some(&token), "two", ""),
     ]
     .concat();
-    c.write_all(three.as_bytes()).await.unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(three).await;
+    let a = c.answer().await;
     assert_eq!((a.status, a.text().as_str()), (200, "one"));
-    let a = read_answer(&mut c, &mut buf).await;
+    let a = c.answer().await;
     assert_eq!(a.status, 401);
     assert!(a.header("www-authenticate").is_some(), "{a:?}");
-    let a = read_answer(&mut c, &mut buf).await;
+    let a = c.answer().await;
     assert_eq!((a.status, a.text().as_str()), (200, "two"));
 
     // A browser's request on the same connection: the router answers,
@@ -383,15 +419,15 @@ async fn pipelined_requests_are_answered_in_order_and_the_router_takes_over() {
         "three",
         "origin: https://app.example\r\n",
     );
-    c.write_all(browser.as_bytes()).await.unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(browser).await;
+    let a = c.answer().await;
     assert_eq!((a.status, a.text().as_str()), (200, "three"));
     assert!(a.header("access-control-allow-origin").is_some(), "{a:?}");
     let last = post("/mcp/notes", Some(&token), "four", "connection: close\r\n");
-    c.write_all(last.as_bytes()).await.unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(last).await;
+    let a = c.answer().await;
     assert_eq!((a.status, a.text().as_str()), (200, "four"));
-    assert!(closed_by_peer(&mut c).await);
+    assert!(c.closed().await);
 
     assert_eq!(up.bodies(), ["one", "two", "three", "four"]);
     // One pooled connection for the fast path, one for the router's client.
@@ -413,8 +449,7 @@ async fn pipelined_requests_are_answered_in_order_and_the_router_takes_over() {
 async fn every_upstream_framing_reaches_the_client_intact() {
     let up = scripted_upstream().await;
     let (gw, token) = start(&up, "").await;
-    let mut c = connect(&gw).await;
-    let mut buf = Vec::new();
+    let mut c = Peer::connect(&gw).await;
 
     // A chunked answer, then another request on the same connection: the
     // gateway found where the chunked body (with trailers) ended.
@@ -423,25 +458,23 @@ async fn every_upstream_framing_reaches_the_client_intact() {
         post("/mcp/notes", Some(&token), "after", ""),
     ]
     .concat();
-    c.write_all(two.as_bytes()).await.unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(two).await;
+    let a = c.answer().await;
     assert_eq!((a.status, a.text().as_str()), (200, "hello world"));
     assert_eq!(a.header("transfer-encoding"), Some("chunked"));
-    let a = read_answer(&mut c, &mut buf).await;
+    let a = c.answer().await;
     assert_eq!(a.text(), "after");
 
     // Interim answers stay between the gateway and the upstream.
-    c.write_all(post("/mcp/notes?case=continue", Some(&token), "cont", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(post("/mcp/notes?case=continue", Some(&token), "cont", ""))
+        .await;
+    let a = c.answer().await;
     assert_eq!((a.status, a.text().as_str()), (200, "cont"));
 
     // Connection-specific and cookie headers stop at the gateway.
-    c.write_all(post("/mcp/notes?case=hops", Some(&token), "hops", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(post("/mcp/notes?case=hops", Some(&token), "hops", ""))
+        .await;
+    let a = c.answer().await;
     assert_eq!(a.text(), "hops");
     assert_eq!(a.header("x-kept"), Some("1"));
     for gone in [
@@ -457,16 +490,13 @@ async fn every_upstream_framing_reaches_the_client_intact() {
     // A 204 that declares a body: none reaches the client, nor does a
     // length it would wait for, and the next answer is the right one.
     let opened = up.connections();
-    c.write_all(post("/mcp/notes?case=no-content", Some(&token), "", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(post("/mcp/notes?case=no-content", Some(&token), "", ""))
+        .await;
+    let a = c.answer().await;
     assert_eq!(a.status, 204);
     assert!(a.header("content-length").is_none(), "{a:?}");
-    c.write_all(post("/mcp/notes", Some(&token), "next", "").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut c, &mut buf).await.text(), "next");
+    c.send(post("/mcp/notes", Some(&token), "next", "")).await;
+    assert_eq!(c.answer().await.text(), "next");
     assert_eq!(
         up.connections(),
         opened + 1,
@@ -475,25 +505,23 @@ async fn every_upstream_framing_reaches_the_client_intact() {
 
     // An answer delimited by the upstream closing ends the client's
     // connection too, and says so.
-    c.write_all(post("/mcp/notes?case=until-close", Some(&token), "", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(post("/mcp/notes?case=until-close", Some(&token), "", ""))
+        .await;
+    let a = c.answer().await;
     assert_eq!((a.status, a.text().as_str()), (200, "all of it"));
     assert_eq!(a.header("connection"), Some("close"));
-    assert!(buf.is_empty());
+    assert!(c.buf.is_empty());
 }
 
 #[tokio::test]
 async fn idle_connections_the_upstream_closed_are_not_reused() {
     let up = scripted_upstream().await;
     let (gw, token) = start(&up, "").await;
-    let mut c = connect(&gw).await;
-    let mut buf = Vec::new();
+    let mut c = Peer::connect(&gw).await;
     for body in ["first", "second"] {
         let r = post("/mcp/notes?case=close-after", Some(&token), body, "");
-        c.write_all(r.as_bytes()).await.unwrap();
-        let a = read_answer(&mut c, &mut buf).await;
+        c.send(r).await;
+        let a = c.answer().await;
         assert_eq!((a.status, a.text().as_str()), (200, body));
         // Long enough for the upstream to hang up the idle connection.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -506,16 +534,15 @@ async fn idle_connections_the_upstream_closed_are_not_reused() {
 async fn a_post_the_upstream_may_have_run_is_never_sent_twice() {
     let up = scripted_upstream().await;
     let (gw, token) = start(&up, "").await;
-    let mut c = connect(&gw).await;
-    let mut buf = Vec::new();
+    let mut c = Peer::connect(&gw).await;
 
     let first = post("/mcp/notes?case=vanish-second", Some(&token), "a", "");
-    c.write_all(first.as_bytes()).await.unwrap();
-    assert_eq!(read_answer(&mut c, &mut buf).await.status, 200);
+    c.send(first).await;
+    assert_eq!(c.answer().await.status, 200);
     // The upstream reads this one on the reused connection and hangs up.
     let second = post("/mcp/notes?case=vanish-second", Some(&token), "b", "");
-    c.write_all(second.as_bytes()).await.unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(second).await;
+    let a = c.answer().await;
     assert_eq!(a.status, 502, "{a:?}");
     assert!(a.text().contains("bad_gateway"));
     assert_eq!(up.bodies(), ["a", "b"], "the POST was not sent again");
@@ -524,8 +551,8 @@ async fn a_post_the_upstream_may_have_run_is_never_sent_twice() {
     // fresh connection, and answered.
     let get = request("GET", "/mcp/notes?case=vanish-second", Some(&token), "", "");
     for _ in 0..2 {
-        c.write_all(get.as_bytes()).await.unwrap();
-        assert_eq!(read_answer(&mut c, &mut buf).await.status, 200);
+        c.send(&get).await;
+        assert_eq!(c.answer().await.status, 200);
     }
     assert_eq!(
         up.bodies().len(),
@@ -538,26 +565,20 @@ async fn a_post_the_upstream_may_have_run_is_never_sent_twice() {
 async fn broken_upstream_answers_are_502_or_end_the_connection() {
     let up = scripted_upstream().await;
     let (gw, token) = start(&up, "").await;
-    let mut c = connect(&gw).await;
-    let mut buf = Vec::new();
+    let mut c = Peer::connect(&gw).await;
 
-    c.write_all(post("/mcp/notes?case=garbage", Some(&token), "", "").as_bytes())
-        .await
-        .unwrap();
-    let a = read_answer(&mut c, &mut buf).await;
+    c.send(post("/mcp/notes?case=garbage", Some(&token), "", ""))
+        .await;
+    let a = c.answer().await;
     assert_eq!(a.status, 502);
     assert!(a.text().contains("bad_gateway"), "{a:?}");
 
     // The status is out before the body breaks off: the connection ends,
     // so the client cannot take the cut body for a whole one.
-    c.write_all(post("/mcp/notes?case=cut", Some(&token), "", "").as_bytes())
-        .await
-        .unwrap();
-    while find(&buf, b"\r\n\r\n").is_none() {
-        assert!(read_more(&mut c, &mut buf).await > 0);
-    }
-    while read_more(&mut c, &mut buf).await > 0 {}
-    let raw = String::from_utf8_lossy(&buf);
+    c.send(post("/mcp/notes?case=cut", Some(&token), "", ""))
+        .await;
+    while read_more(&mut c.socket, &mut c.buf).await > 0 {}
+    let raw = String::from_utf8_lossy(&c.buf);
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("content-length: 100"), "{raw}");
     assert!(raw.ends_with("\r\n\r\nonly ten b"), "{raw}");
@@ -577,35 +598,26 @@ async fn slow_and_idle_clients_are_cut_off() {
     let up = scripted_upstream().await;
     let (gw, token) = start(&up, "header_read_timeout = \"1s\"").await;
 
-    let mut half_head = connect(&gw).await;
+    let mut half_head = Peer::connect(&gw).await;
     half_head
-        .write_all(b"POST /mcp/notes HTTP/1.1\r\nhost: inkan.test\r\n")
-        .await
-        .unwrap();
+        .send(b"POST /mcp/notes HTTP/1.1\r\nhost: inkan.test\r\n")
+        .await;
 
-    let mut half_body = connect(&gw).await;
+    let mut half_body = Peer::connect(&gw).await;
     let head = format!(
         "POST /mcp/notes HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 10\r\n\r\nabc"
     );
-    half_body.write_all(head.as_bytes()).await.unwrap();
+    half_body.send(head).await;
 
-    let mut idle = connect(&gw).await;
-    let mut buf = Vec::new();
-    idle.write_all(post("/mcp/notes", Some(&token), "x", "").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut idle, &mut buf).await.status, 200);
+    let mut idle = Peer::connect(&gw).await;
+    idle.send(post("/mcp/notes", Some(&token), "x", "")).await;
+    assert_eq!(idle.answer().await.status, 200);
 
-    let mut idle_routed = connect(&gw).await;
+    let mut idle_routed = Peer::connect(&gw).await;
     idle_routed
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: inkan.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut routed_buf = Vec::new();
-    assert_eq!(
-        read_answer(&mut idle_routed, &mut routed_buf).await.status,
-        200
-    );
+        .send(b"GET /healthz HTTP/1.1\r\nhost: inkan.test\r\n\r\n")
+        .await;
+    assert_eq!(idle_routed.answer().await.status, 200);
 
     for (what, socket) in [
         ("half a request head", &mut half_head),
@@ -613,7 +625,7 @@ async fn slow_and_idle_clients_are_cut_off() {
         ("an idle keep-alive connection", &mut idle),
         ("an idle connection the router served", &mut idle_routed),
     ] {
-        assert!(closed_by_peer(socket).await, "{what} was kept open");
+        assert!(socket.closed().await, "{what} was kept open");
     }
     assert_eq!(
         up.bodies(),
@@ -630,29 +642,27 @@ async fn refusals_come_before_the_body_is_read() {
 
     // No token and a megabyte announced but not sent: 401 at once, and the
     // connection closes rather than reading the body.
-    let mut c = connect(&gw).await;
-    let mut buf = Vec::new();
-    c.write_all(b"POST /mcp/notes HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n{")
-        .await
-        .unwrap();
-    let answer = read_answer(&mut c, &mut buf).await;
+    let mut c = Peer::connect(&gw).await;
+    c.send(b"POST /mcp/notes HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n{")
+        .await;
+    let answer = c.answer().await;
     assert_eq!(answer.status, 401);
     assert_eq!(answer.header("connection"), Some("close"));
-    assert!(closed_by_peer(&mut c).await);
+    assert!(c.closed().await);
 
     // A small refused body still arriving is read and dropped, and the
     // connection serves the next request.
-    let mut c = connect(&gw).await;
-    let mut buf = Vec::new();
-    c.write_all(b"POST /mcp/notes HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nab")
-        .await
-        .unwrap();
+    let mut c = Peer::connect(&gw).await;
+    c.send(b"POST /mcp/notes HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nab")
+        .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    c.write_all(format!("cd{}", post("/mcp/notes", Some(&token), "next", "")).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut c, &mut buf).await.status, 401);
-    assert_eq!(read_answer(&mut c, &mut buf).await.status, 200);
+    c.send(format!(
+        "cd{}",
+        post("/mcp/notes", Some(&token), "next", "")
+    ))
+    .await;
+    assert_eq!(c.answer().await.status, 401);
+    assert_eq!(c.answer().await.status, 200);
     assert_eq!(up.bodies(), ["next"], "no refused body went upstream");
 }
 
@@ -673,33 +683,22 @@ async fn shutdown_lets_streams_finish_and_closes_idle_connections() {
     let up = scripted_upstream().await;
     let (mut gw, token) = start(&up, "").await;
 
-    let mut stream = connect(&gw).await;
+    let mut stream = Peer::connect(&gw).await;
     let get = request("GET", "/mcp/notes?case=stream", Some(&token), "", "");
-    stream.write_all(get.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    while find(&buf, b"data: first").is_none() {
-        assert!(read_more(&mut stream, &mut buf).await > 0);
-    }
-    let mut idle = connect(&gw).await;
-    let mut idle_buf = Vec::new();
-    idle.write_all(post("/mcp/notes", Some(&token), "x", "").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut idle, &mut idle_buf).await.status, 200);
+    stream.send(get).await;
+    stream.read_until(b"data: first").await;
+    let mut idle = Peer::connect(&gw).await;
+    idle.send(post("/mcp/notes", Some(&token), "x", "")).await;
+    assert_eq!(idle.answer().await.status, 200);
 
     gw.shut_down();
-    assert!(closed_by_peer(&mut idle).await, "idle connection kept open");
+    assert!(idle.closed().await, "idle connection kept open");
     assert!(refused(&gw).await, "still accepting after shutdown");
 
     // The stream in flight goes on to its end.
     up.release.notify_one();
-    while find(&buf, b"0\r\n\r\n").is_none() {
-        assert!(
-            read_more(&mut stream, &mut buf).await > 0,
-            "stream cut: {buf:?}"
-        );
-    }
-    assert!(find(&buf, b"data: second").is_some());
+    stream.read_until(b"0\r\n\r\n").await;
+    assert!(find(&stream.buf, b"data: second").is_some());
     tokio::time::timeout(PATIENCE, gw.stopped())
         .await
         .expect("server did not stop after its last stream ended");
@@ -711,20 +710,14 @@ async fn shutdown_grace_bounds_a_stream_that_never_ends() {
     // One serving thread: this test's own runtime, which goes on running
     // after the server stops, so nothing but the server can end the stream.
     let (mut gw, token) = start_with(&up, "workers = 1", "shutdown_grace = \"1s\"").await;
-    let mut stream = connect(&gw).await;
+    let mut stream = Peer::connect(&gw).await;
     let get = request("GET", "/mcp/notes?case=stream", Some(&token), "", "");
-    stream.write_all(get.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    while find(&buf, b"data: first").is_none() {
-        assert!(read_more(&mut stream, &mut buf).await > 0);
-    }
+    stream.send(get).await;
+    stream.read_until(b"data: first").await;
 
     gw.shut_down();
     tokio::time::timeout(PATIENCE, gw.stopped())
         .await
         .expect("server outlived its shutdown grace");
-    assert!(
-        closed_by_peer(&mut stream).await,
-        "stream outlived the grace"
-    );
+    assert!(stream.closed().await, "stream outlived the grace");
 }
