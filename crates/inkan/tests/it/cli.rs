@@ -4,7 +4,7 @@ use std::process::Command;
 
 use hanko_emulator::SessionToken;
 
-use crate::support::flow::{Endpoint, connect_app, mcp, refresh};
+use crate::support::flow::{Endpoint, connect_app, json_of, mcp, refresh};
 
 const GOOD: &str = r#"
 public_url = "https://mcp.example.com"
@@ -124,15 +124,12 @@ impl Endpoint for Dev {
 impl Dev {
     /// Signs in at the emulator as the login page's email form does.
     async fn sign_in(&self, email: &str) -> SessionToken {
-        let answer: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/dev/sign-in", self.hanko))
-            .json(&serde_json::json!({ "email": email }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = json_of(
+            reqwest::Client::new()
+                .post(format!("{}/dev/sign-in", self.hanko))
+                .json(&serde_json::json!({ "email": email })),
+        )
+        .await;
         SessionToken {
             jwt: answer["session_token"].as_str().unwrap().to_string(),
             user_id: answer["user_id"].as_str().unwrap().to_string(),
@@ -232,15 +229,12 @@ async fn dev_runs_everything_and_keeps_its_store_across_restarts() {
     );
 
     // A client registered today is still known after a restart.
-    let reg: serde_json::Value = http
+    let reg = json_of(
+        http
         .post(format!("http://127.0.0.1:{port}/oauth/register"))
-        .json(&serde_json::json!({"redirect_uris": ["http://127.0.0.1/callback"], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json(&serde_json::json!({"redirect_uris": ["http://127.0.0.1/callback"], "token_endpoint_auth_method": "none"})),
+    )
+    .await;
     let client_id = reg["client_id"].as_str().unwrap().to_string();
     // So is an app connected today, with the user it was connected for.
     let alice = endpoint.sign_in("alice@example.com").await;

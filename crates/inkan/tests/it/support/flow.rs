@@ -17,6 +17,11 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// Sends `request` and reads its answer as JSON.
+pub async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// The `Cookie` header of a signed-in browser.
 pub fn cookie(session: &SessionToken) -> String {
     format!("hanko={}", session.jwt)
@@ -103,20 +108,15 @@ pub struct Tokens {
 pub async fn connect_app(inst: &impl Endpoint, session: &SessionToken, name: &str) -> Tokens {
     let http = http();
     let redirect_uri = "http://127.0.0.1:9/callback";
-    let reg: serde_json::Value = http
-        .post(format!("{}/oauth/register", inst.base()))
-        .json(&serde_json::json!({
+    let reg = json_of(http.post(format!("{}/oauth/register", inst.base())).json(
+        &serde_json::json!({
             "redirect_uris": [redirect_uri],
             "token_endpoint_auth_method": "none",
             "grant_types": ["authorization_code", "refresh_token"],
             "client_name": name,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        }),
+    ))
+    .await;
     let client_id = reg["client_id"].as_str().unwrap().to_string();
     let pkce = Pkce::new();
     let resource = format!("{}/mcp/{}", inst.base(), inst.service());
@@ -156,22 +156,15 @@ pub async fn connect_app(inst: &impl Endpoint, session: &SessionToken, name: &st
         .unwrap()
         .1
         .to_string();
-    let tokens: serde_json::Value = http
-        .post(format!("{}/oauth/token", inst.base()))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", redirect_uri),
-            ("client_id", &client_id),
-            ("code_verifier", &pkce.verifier),
-            ("resource", &resource),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tokens = json_of(http.post(format!("{}/oauth/token", inst.base())).form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", redirect_uri),
+        ("client_id", &client_id),
+        ("code_verifier", &pkce.verifier),
+        ("resource", &resource),
+    ]))
+    .await;
     Tokens {
         access: tokens["access_token"].as_str().unwrap().to_string(),
         refresh: tokens["refresh_token"].as_str().unwrap().to_string(),
