@@ -463,12 +463,7 @@ async fn fast_path_and_router_answer_alike() {
         assert!(headers.get(header::AUTHORIZATION).is_none());
         assert!(headers.get("x-inkan-assertion").is_some());
     }
-    let metrics = reqwest::get(format!("{}/metrics", gw.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let line = r#"inkan_http_requests_total{route="/mcp/{service}",method="POST",status="200"} 3"#;
     assert!(metrics.contains(line), "missing {line} in\n{metrics}");
 }
@@ -815,12 +810,7 @@ async fn upstream_failures_map_to_502_and_504() {
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(error_of(r).await, "gateway_timeout");
 
-    let metrics = reqwest::get(format!("{}/metrics", gw.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"inkan_upstream_errors_total{service="down",kind="unreachable"} 1"#),
         "{metrics}"
@@ -1072,12 +1062,7 @@ async fn health_and_readiness() {
     let gw = gateway::start_with_hanko(&services(&up.url), hanko.url()).await;
     let r = reqwest::get(format!("{}/readyz", gw.url)).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let metrics = reqwest::get(format!("{}/metrics", gw.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     // The background refresher and the support's warm-up each fetched once;
     // one fetch per freshness window is proven in the identity tests.
     let fetches: u64 = metrics

@@ -583,12 +583,7 @@ async fn broken_upstream_answers_are_502_or_end_the_connection() {
     assert!(raw.contains("content-length: 100"), "{raw}");
     assert!(raw.ends_with("\r\n\r\nonly ten b"), "{raw}");
 
-    let metrics = reqwest::get(format!("{}/metrics", gw.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     let line = r#"inkan_upstream_errors_total{service="notes",kind="protocol"} 1"#;
     assert!(metrics.contains(line), "missing {line} in\n{metrics}");
 }

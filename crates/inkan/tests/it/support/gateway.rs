@@ -132,6 +132,16 @@ impl TestGateway {
         (&mut self.server).await.expect("server task ends cleanly");
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn store(&self) -> &SharedStore {
         &self.state.store
     }
